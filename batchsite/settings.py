@@ -1,0 +1,214 @@
+"""Settings for the batch server, read from the environment (see the README's configuration table).
+
+Nothing set gives the embedded default: SQLite and local file storage under ``var/``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import django_stubs_ext
+
+from batchsite.env import (
+    database_from_url,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+
+# Makes generic classes such as ModelAdmin[File] subscriptable at run time, as the stubs declare.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("BATCH_DATA_DIR", str(BASE_DIR / "var"))).resolve()
+
+
+def _secret_key() -> str:
+    configured = env_str("DJANGO_SECRET_KEY", "")
+    if configured:
+        return configured
+    # The embedded default keeps a generated key beside its database, so sessions survive restarts
+    # without anyone committing a secret.
+    key_file = DATA_DIR / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    key_file.write_text(key)
+    key_file.chmod(0o600)
+    return key
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_q",
+    "django_htmx",
+    "template_partials",
+    "batches",
+    "inference",
+    "curation",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "batchsite.urls"
+WSGI_APPLICATION = "batchsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
+DATABASES = {"default": database_from_url(DATABASE_URL, base_dir=BASE_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+MEDIA_ROOT = Path(env_str("BATCH_FILES_DIR", str(DATA_DIR / "files")))
+STORAGES = {
+    # Uploaded and generated files go through Django's storage API: any backend with
+    # open/save/delete (django-storages' S3 for a shared bucket) works for scale-out.
+    "default": {
+        "BACKEND": env_str("BATCH_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# Uploads larger than this go to a temporary file while they arrive, never into memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
+FILE_UPLOAD_TEMP_DIR = None
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["batches.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "EXCEPTION_HANDLER": "batches.api.errors.openai_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Batch inference server",
+    "DESCRIPTION": "OpenAI-compatible Files, Batches and Models APIs on top of vLLM.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": "/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "BatchStatusEnum": "batches.models.BatchStatus",
+        "FilePurposeEnum": "batches.models.FilePurpose",
+    },
+}
+
+# --- The batch API's limits (OpenAI's defaults) -------------------------------------------------
+BATCH_MAX_INPUT_FILE_BYTES = env_int("BATCH_MAX_INPUT_FILE_BYTES", 200 * 1024 * 1024, minimum=1)
+BATCH_MAX_UPLOAD_BYTES = env_int("BATCH_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1)
+BATCH_MAX_REQUESTS = env_int("BATCH_MAX_REQUESTS", 50_000, minimum=1)
+BATCH_MAX_VALIDATION_ERRORS = env_int("BATCH_MAX_VALIDATION_ERRORS", 1_000, minimum=1)
+BATCH_COMPLETION_WINDOWS = env_list("BATCH_COMPLETION_WINDOWS", ["24h"])
+
+# --- Workers --------------------------------------------------------------------------------
+# Requests the GPU worker hands to vLLM at once; a killed worker loses at most this many.
+BATCH_CHUNK_SIZE = env_int("BATCH_CHUNK_SIZE", 2_000, minimum=1)
+# A lease the worker renews while it works; another worker takes over once it lapses.
+BATCH_LEASE_SECONDS = env_int("BATCH_LEASE_SECONDS", 120, minimum=5)
+WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 5.0, minimum=0.1)
+# A GPU task runs batches for at most this long, then hands over to a fresh task (below timeout).
+WORKER_TASK_BUDGET_SECONDS = env_int("WORKER_TASK_BUDGET_SECONDS", 1_800, minimum=1)
+# How long before a completion window closes a batch of another model jumps the queue.
+WORKER_DEADLINE_MARGIN_SECONDS = env_int("WORKER_DEADLINE_MARGIN_SECONDS", 3 * 3600, minimum=0)
+
+# django-q2 with the ORM broker on the same database: no extra service to run. Two clusters share
+# one broker table, told apart by queue name: "cpu" (validation, finalization, expiry, webhooks)
+# and "gpu" (vLLM). ``python manage.py qcluster`` starts the one named by Q_CLUSTER_NAME.
+Q_CLUSTER_NAME = env_str("Q_CLUSTER_NAME", "cpu")
+Q_GPU_TIMEOUT = env_int("Q_GPU_TIMEOUT", 3_600, minimum=10)
+Q_CLUSTER = {
+    "name": "cpu",
+    "orm": "default",
+    "workers": env_int("Q_CPU_WORKERS", 2, minimum=1),
+    "timeout": env_int("Q_CPU_TIMEOUT", 1_800, minimum=10),
+    "retry": env_int("Q_CPU_TIMEOUT", 1_800, minimum=10) + 300,
+    "max_attempts": 3,
+    "poll": env_float("Q_POLL_SECONDS", 0.2, minimum=0.01),
+    "catch_up": False,
+    "save_limit": 1_000,
+    "ack_failures": True,
+    "label": "Task queue",
+    "ALT_CLUSTERS": {
+        "gpu": {
+            "workers": 1,
+            # vLLM spawns its engine process: the worker must not be a daemon process.
+            "daemonize_workers": False,
+            "timeout": Q_GPU_TIMEOUT,
+            "retry": Q_GPU_TIMEOUT + 600,
+            "max_attempts": 0,
+            "recycle": 1_000_000,
+        },
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
