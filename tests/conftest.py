@@ -1,0 +1,77 @@
+"""Personas and clients shared by the whole suite."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
+
+from batches import services
+from inference.models import RegisteredModel
+
+
+@pytest.fixture
+def owner(db: None) -> User:
+    return User.objects.create_user("owner", password="owner-password-1")
+
+
+@pytest.fixture
+def other_owner(db: None) -> User:
+    return User.objects.create_user("other", password="other-password-1")
+
+
+@pytest.fixture
+def staff(db: None) -> User:
+    return User.objects.create_user("staff", password="staff-password-1", is_staff=True)
+
+
+@pytest.fixture
+def owner_key(owner: User) -> str:
+    return services.api_key_create(owner=owner, name="owner key")[1]
+
+
+@pytest.fixture
+def other_key(other_owner: User) -> str:
+    return services.api_key_create(owner=other_owner, name="other key")[1]
+
+
+def _client(raw_key: str | None) -> APIClient:
+    client = APIClient()
+    if raw_key:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    return client
+
+
+@pytest.fixture
+def api(owner_key: str) -> APIClient:
+    """The owner's API client."""
+    return _client(owner_key)
+
+
+@pytest.fixture
+def other_api(other_key: str) -> APIClient:
+    return _client(other_key)
+
+
+@pytest.fixture
+def anonymous_api() -> APIClient:
+    return _client(None)
+
+
+@pytest.fixture
+def registered_model(db: None) -> RegisteredModel:
+    """A registered model name for validation tests (no engine needed to validate)."""
+    return RegisteredModel.objects.create(
+        name="tiny-chat", source="/nonexistent", engine_args={"max_model_len": 512}
+    )
+
+
+def chat_line(custom_id: str, *, model: str = "tiny-chat", **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": "Hello"}], **body},
+    }
