@@ -96,7 +96,7 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
 DATABASES = {"default": database_from_url(DATABASE_URL, base_dir=BASE_DIR)}
-if DATABASES["default"]["ENGINE"].endswith("sqlite3"):  # type: ignore[union-attr]
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not :memory:, so that test workers started as subprocesses share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test_db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -166,6 +166,9 @@ BATCH_MAX_UPLOAD_BYTES = env_int("BATCH_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, mi
 BATCH_MAX_REQUESTS = env_int("BATCH_MAX_REQUESTS", 50_000, minimum=1)
 BATCH_MAX_VALIDATION_ERRORS = env_int("BATCH_MAX_VALIDATION_ERRORS", 1_000, minimum=1)
 BATCH_COMPLETION_WINDOWS = env_list("BATCH_COMPLETION_WINDOWS", ["24h"])
+
+# Called with each batch that reaches a terminal state (batches.handlers).
+BATCH_RESULT_HANDLERS = env_list("BATCH_RESULT_HANDLERS", ["curation.handlers.import_batch"])
 
 # --- Workers --------------------------------------------------------------------------------
 # Requests the GPU worker hands to vLLM at once; a killed worker loses at most this many.
