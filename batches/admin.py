@@ -2,13 +2,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from batches import services
 from batches.api.errors import ConflictError
-from batches.models import ApiKey, Batch, File
+from batches.models import (
+    ApiKey,
+    Batch,
+    BatchEvent,
+    File,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEventType,
+)
 
 
 @admin.register(File)
@@ -18,6 +27,10 @@ class FileAdmin(admin.ModelAdmin[File]):
     search_fields = ("id", "filename", "owner__username")
     readonly_fields = ("id", "bytes", "content", "created_at")
     date_hierarchy = "created_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Files arrive through the API (streamed, size-checked) or from finished batches.
+        return False
 
 
 @admin.register(Batch)
@@ -66,6 +79,10 @@ class BatchAdmin(admin.ModelAdmin[Batch]):
         "lease_expires_at",
     )
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A batch starts from POST /v1/batches, which schedules its validation.
+        return False
+
     @admin.action(description="Cancel selected batches")
     def cancel_batches(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
         cancelled = 0
@@ -107,3 +124,86 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         for key in queryset:
             services.api_key_revoke(key=key)
         self.message_user(request, f"Revoked {queryset.count()} key(s).")
+
+
+# --- Webhooks and batch events (batches.webhooks, batches.events) -------------------------------
+
+
+class WebhookEndpointForm(forms.ModelForm[WebhookEndpoint]):
+    event_types = forms.MultipleChoiceField(
+        choices=WebhookEventType.choices, widget=forms.CheckboxSelectMultiple
+    )
+
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("owner", "name", "url", "event_types", "enabled")
+
+    def clean_url(self) -> str:
+        from batches import webhooks
+
+        url: str = self.cleaned_data["url"]
+        try:
+            webhooks.target_addresses(url)
+        except webhooks.UnsafeTargetError as error:
+            raise forms.ValidationError(str(error)) from None
+        return url
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin[WebhookEndpoint]):
+    form = WebhookEndpointForm
+    list_display = ("id", "owner", "name", "url", "event_types", "enabled", "created_at")
+    list_filter = ("enabled",)
+    search_fields = ("id", "url", "name", "owner__username")
+    # The owner needs the secret to verify signatures; staff hand it over from here.
+    readonly_fields = ("id", "secret", "created_at", "updated_at")
+    actions = ["rotate_secrets"]
+
+    @admin.action(description="Rotate the signing secret (the old one stops working at once)")
+    def rotate_secrets(self, request: HttpRequest, queryset: QuerySet[WebhookEndpoint]) -> None:
+        from batches import webhooks
+
+        for endpoint in queryset:
+            webhooks.webhook_endpoint_rotate_secret(endpoint=endpoint)
+        self.message_user(request, f"Rotated the secret of {queryset.count()} endpoint(s).")
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+    list_display = (
+        "event_type",
+        "batch_id",
+        "endpoint",
+        "status",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "created_at",
+    )
+    list_filter = ("status", "event_type")
+    search_fields = ("batch_id", "event_id", "endpoint__url")
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+    actions = ["retry_deliveries"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Send failed deliveries again")
+    def retry_deliveries(self, request: HttpRequest, queryset: QuerySet[WebhookDelivery]) -> None:
+        from batches import webhooks
+
+        retried = sum(webhooks.webhook_delivery_retry(delivery=d) for d in queryset)
+        skipped = queryset.count() - retried
+        self.message_user(request, f"Queued {retried} delivery(ies) again.")
+        if skipped:
+            self.message_user(
+                request, f"Skipped {skipped} not in the failed state.", messages.WARNING
+            )
+
+
+@admin.register(BatchEvent)
+class BatchEventAdmin(admin.ModelAdmin[BatchEvent]):
+    list_display = ("at", "batch", "kind", "message")
+    list_filter = ("kind",)
+    search_fields = ("batch__id", "message")
+    readonly_fields = ("batch", "at", "kind", "message", "data")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
@@ -91,13 +92,16 @@ class File(models.Model):
         ERROR = "error"
 
     id = models.CharField(primary_key=True, max_length=64, default=new_file_id, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="files")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="files"
+    )
     purpose = models.CharField(max_length=32, choices=Purpose.choices)
     filename = models.CharField(max_length=255)
     bytes = models.BigIntegerField(default=0)
     content = models.FileField(upload_to=_file_storage_name, max_length=255)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PROCESSED)
-    status_details = models.TextField(null=True, blank=True)
+    # Null, not "": OpenAI's FileObject answers status_details null when there is nothing to say.
+    status_details = models.TextField(null=True, blank=True)  # noqa: DJ001
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
 
@@ -109,9 +113,11 @@ class File(models.Model):
             # GET /v1/files: one owner's files, optionally one purpose, in id (= time) order.
             models.Index(fields=["owner", "purpose", "id"], name="file_owner_purpose_idx"),
             models.Index(fields=["owner", "id"], name="file_owner_idx"),
-            # The retention sweep (batches.services.files_delete_expired) reads only expiring rows.
+            # The retention sweep (batches.retention.files_delete_expired) reads only expiring rows.
             models.Index(
-                fields=["expires_at"], name="file_expiring_idx", condition=Q(expires_at__isnull=False)
+                fields=["expires_at"],
+                name="file_expiring_idx",
+                condition=Q(expires_at__isnull=False),
             ),
         ]
         constraints = [
@@ -292,3 +298,134 @@ class ApiKey(models.Model):
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+# --- Webhooks and the per-batch event log (batches.webhooks, batches.events) -------------------
+
+
+def new_webhook_endpoint_id() -> str:
+    return _time_ordered_id("we_")
+
+
+def new_webhook_secret() -> str:
+    # Standard Webhooks: "whsec_" and base64 of the raw HMAC key (the openai SDK decodes it so).
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class WebhookEventType(models.TextChoices):
+    BATCH_COMPLETED = "batch.completed"
+    BATCH_FAILED = "batch.failed"
+    BATCH_EXPIRED = "batch.expired"
+    BATCH_CANCELLED = "batch.cancelled"
+
+
+class WebhookEndpoint(models.Model):
+    """Where an owner wants to hear about its batches' ends: OpenAI's webhook endpoint object."""
+
+    EventType = WebhookEventType
+
+    id = models.CharField(
+        primary_key=True, max_length=64, default=new_webhook_endpoint_id, editable=False
+    )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_endpoints"
+    )
+    name = models.CharField(max_length=255, blank=True, default="")
+    url = models.URLField(max_length=2048)
+    # Kept in the clear: signing needs the key itself. Shown once, at creation and rotation.
+    secret = models.CharField(max_length=128, default=new_webhook_secret, editable=False)
+    # After a rotation that keeps the old secret, deliveries carry both signatures until then.
+    previous_secret = models.CharField(max_length=128, blank=True, default="", editable=False)
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    event_types = models.JSONField(default=list)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-id",)
+        indexes = [
+            # GET /v1/webhook_endpoints and the webhook handler: one owner's endpoints.
+            models.Index(fields=["owner", "id"], name="webhook_endpoint_owner_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.url})"
+
+    @property
+    def secret_hint(self) -> str:
+        return f"{self.secret[:10]}…{self.secret[-4:]}"
+
+    def signing_secrets(self, *, now: datetime | None = None) -> list[str]:
+        now = now or timezone.now()
+        keep_previous = (
+            self.previous_secret
+            and self.previous_secret_expires_at is not None
+            and self.previous_secret_expires_at > now
+        )
+        return [self.secret, self.previous_secret] if keep_previous else [self.secret]
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint: the exact bytes to send, and every attempt to send them."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RETRYING = "retrying"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    # A plain id: the delivery record outlives a deleted batch.
+    batch_id = models.CharField(max_length=64)
+    event_id = models.CharField(max_length=64)
+    event_type = models.CharField(max_length=32, choices=WebhookEventType.choices)
+    payload = models.BinaryField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    # Every attempt: {"at", "status_code", "error", "duration_ms"}.
+    attempt_log = models.JSONField(default=list, blank=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            # One delivery per event and endpoint: a re-run result handler cannot send twice.
+            models.UniqueConstraint(
+                fields=["endpoint", "event_id"], name="webhook_delivery_unique_event"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["batch_id"], name="webhook_delivery_batch_idx"),
+            models.Index(fields=["status", "created_at"], name="webhook_delivery_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} -> {self.endpoint_id} ({self.status})"
+
+
+class BatchEvent(models.Model):
+    """One line of a batch's story (validated, started, chunk done, cancelled, finalized, …)."""
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=32)
+    message = models.TextField()
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ("at", "id")
+        indexes = [
+            # The operator's batch page: one batch's events in time order.
+            models.Index(fields=["batch", "at"], name="batch_event_batch_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.batch_id} {self.kind}: {self.message}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -61,18 +62,18 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def database_from_url(url: str, *, base_dir: Path) -> dict[str, object]:
-    """Turn ``sqlite:///path`` or ``postgres://user:pw@host:port/name?opt=v`` into DATABASES['default']."""
+def database_from_url(url: str, *, base_dir: Path) -> dict[str, Any]:
+    """``sqlite:///path`` or ``postgres://user:pw@host:port/name?opt=v`` -> DATABASES entry."""
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         path = unquote(parts.path)
         # sqlite:///relative/path and sqlite:////absolute/path, as dj-database-url reads them.
-        name = Path(path[1:]) if path.startswith("/") else Path(path)
-        if not name.is_absolute():
-            name = base_dir / name
+        db_path = Path(path[1:]) if path.startswith("/") else Path(path)
+        if str(db_path) != ":memory:" and not db_path.is_absolute():
+            db_path = base_dir / db_path
         return {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(name),
+            "NAME": str(db_path),
             # Several processes (web, workers) share one file: wait for locks instead of failing.
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
         }
@@ -80,13 +81,19 @@ def database_from_url(url: str, *, base_dir: Path) -> dict[str, object]:
         name = unquote(parts.path.lstrip("/"))
         if not name:
             raise ImproperlyConfigured("DATABASE_URL must name a database: postgres://host/NAME.")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"DATABASE_URL has an invalid port: {parts.netloc.rpartition('@')[2]!r}."
+            ) from None
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": name,
             "USER": unquote(parts.username or ""),
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
-            "PORT": str(parts.port or ""),
+            "PORT": str(port or ""),
             "OPTIONS": dict(parse_qsl(parts.query)),
             "CONN_MAX_AGE": 60,
             "CONN_HEALTH_CHECKS": True,

@@ -5,6 +5,7 @@ Nothing set gives the embedded default: SQLite and local file storage under ``va
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -59,12 +60,18 @@ INSTALLED_APPS = [
     "django_q",
     "django_htmx",
     "template_partials",
+    "corsheaders",
+    "batchsite",
     "batches",
     "inference",
     "curation",
 ]
 
 MIDDLEWARE = [
+    # First: every later line of every request is logged with its id, and timed.
+    "batchsite.middleware.RequestIdMiddleware",
+    "batchsite.metrics.MetricsMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -98,7 +105,8 @@ DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")
 DATABASES = {"default": database_from_url(DATABASE_URL, base_dir=BASE_DIR)}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, not :memory:, so that test workers started as subprocesses share the test database.
-    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test_db.sqlite3")}
+    # One per test run (pid), so that runs side by side never share a file.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test_db_{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -168,7 +176,14 @@ BATCH_MAX_VALIDATION_ERRORS = env_int("BATCH_MAX_VALIDATION_ERRORS", 1_000, mini
 BATCH_COMPLETION_WINDOWS = env_list("BATCH_COMPLETION_WINDOWS", ["24h"])
 
 # Called with each batch that reaches a terminal state (batches.handlers).
-BATCH_RESULT_HANDLERS = env_list("BATCH_RESULT_HANDLERS", ["curation.handlers.import_batch"])
+BATCH_RESULT_HANDLERS = env_list(
+    "BATCH_RESULT_HANDLERS",
+    ["batches.webhooks.handle_batch_terminal", "curation.handlers.import_batch"],
+)
+# A failing handler is run again with exponential backoff, this many times in all.
+BATCH_HANDLER_MAX_ATTEMPTS = env_int("BATCH_HANDLER_MAX_ATTEMPTS", 5, minimum=1)
+BATCH_HANDLER_RETRY_SECONDS = env_float("BATCH_HANDLER_RETRY_SECONDS", 60.0, minimum=0.0)
+BATCH_HANDLER_RETRY_MAX_SECONDS = env_float("BATCH_HANDLER_RETRY_MAX_SECONDS", 3_600.0, minimum=0.0)
 
 # --- Workers --------------------------------------------------------------------------------
 # Requests the GPU worker hands to vLLM at once; a killed worker loses at most this many.
@@ -211,10 +226,72 @@ Q_CLUSTER = {
     },
 }
 
+# Every line is one JSON object with timestamp, level, logger, message and, where they apply,
+# request_id, batch_id and worker_id (batchsite.logging), in the web process and workers alike.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"context": {"()": "batchsite.logging.ContextFilter"}},
+    "formatters": {"json": {"()": "batchsite.logging.JsonFormatter"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+    },
 }
+
+# --- Operations ---------------------------------------------------------------------------------
+# /ready fails when the freshest GPU worker heartbeat is older than this, or a CPU task has
+# waited longer than READY_QUEUE_MAX_WAIT_SECONDS.
+READY_WORKER_HEARTBEAT_MAX_AGE_SECONDS = env_int(
+    "READY_WORKER_HEARTBEAT_MAX_AGE_SECONDS", 60, minimum=1
+)
+READY_QUEUE_MAX_WAIT_SECONDS = env_int("READY_QUEUE_MAX_WAIT_SECONDS", 300, minimum=1)
+# If set, /metrics asks for "Authorization: Bearer <token>".
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
+# Webhooks (batches.webhooks): retried on network errors and 5xx with exponential backoff.
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 10, minimum=1)
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0, minimum=0.0)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 6 * 3600.0, minimum=0.0)
+# Off by default: a webhook URL must not reach the server's own network (SSRF).
+WEBHOOK_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", False)
+
+# Per-key limits (batches.api.throttles): "<n>/<second|minute|hour|day>", empty for none.
+API_RATE_LIMITS = {
+    "uploads": env_str("API_RATE_LIMIT_UPLOADS", "60/minute"),
+    "batch_creates": env_str("API_RATE_LIMIT_BATCH_CREATES", "60/minute"),
+}
+# Requests one owner may have waiting in validated batches; 0 for no cap.
+BATCH_MAX_QUEUED_REQUESTS_PER_OWNER = env_int(
+    "BATCH_MAX_QUEUED_REQUESTS_PER_OWNER", 1_000_000, minimum=0
+)
+
+# CORS (django-cors-headers) is closed unless origins are listed; it covers /v1 only.
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS", [])
+CORS_URLS_REGEX = r"^/v1/.*$"
+CORS_ALLOW_HEADERS = (
+    "accept",
+    "authorization",
+    "content-type",
+    "openai-organization",
+    "openai-project",
+    "x-request-id",
+    "x-stainless-arch",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-timeout",
+    "x-stainless-read-timeout",
+)
+CORS_EXPOSE_HEADERS = ("x-request-id", "retry-after", "x-should-retry")

@@ -21,7 +21,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import IO, Any
@@ -35,9 +35,11 @@ from django.utils import timezone
 from django_q.models import OrmQ
 from django_q.tasks import async_task
 
+from batches.events import batch_event_record
 from batches.handlers import handlers_dispatch
 from batches.models import Batch, File, new_batch_request_id
 from batches.services import batch_transition, file_create_generated
+from batchsite.logging import log_context
 from inference.models import BatchChunk, RegisteredModel, Worker
 
 logger = logging.getLogger(__name__)
@@ -82,12 +84,12 @@ def _claimable(worker_name: str, now: datetime) -> Q:
         Q(lease_owner="")
         | Q(lease_owner=worker_name)
         | Q(lease_expires_at__lt=now)
-        | ~Exists(live_owner)
+        | Q(~Exists(live_owner))
     )
 
 
 def batch_pick_order(
-    candidates: list[dict[str, Any]], *, loaded_model: str, now: datetime
+    candidates: Sequence[Mapping[str, Any]], *, loaded_model: str, now: datetime
 ) -> list[str]:
     """Ids in the order a worker should try them.
 
@@ -98,7 +100,7 @@ def batch_pick_order(
     margin = timedelta(seconds=settings.WORKER_DEADLINE_MARGIN_SECONDS)
     far = now + timedelta(days=36500)
 
-    def key(row: dict[str, Any]) -> tuple[int, datetime, int, int, str]:
+    def key(row: Mapping[str, Any]) -> tuple[int, datetime, int, int, str]:
         expires_at = row["expires_at"] or far
         cancelling = row["status"] == Batch.Status.CANCELLING
         urgent = expires_at <= now + margin
@@ -330,6 +332,14 @@ def batch_run(*, batch: Batch, worker: WorkerHandle, deadline: float) -> bool:
         load_seconds = time.monotonic() - started
         worker.model_loaded(registered.name, load_seconds if load_seconds > 0.5 else None)
         worker.batch_started(batch.id)
+        batch_event_record(
+            batch_id=batch.id,
+            kind="started",
+            message=f"worker {worker.name} took the batch at line {plan.start_line}",
+            worker=worker.name,
+            start_line=plan.start_line,
+            model_load_seconds=round(load_seconds, 3),
+        )
         with input_file.content.open("rb") as stream:
             stream.seek(plan.start_offset)
             while True:
@@ -360,12 +370,15 @@ def batch_run(*, batch: Batch, worker: WorkerHandle, deadline: float) -> bool:
                     seconds=seconds,
                 )
                 worker.chunk_done(len(requests), chunk.output_tokens, seconds)
-                logger.info(
-                    "batch %s chunk %d: %d requests in %.2fs",
-                    batch.id,
-                    plan.index,
-                    len(requests),
-                    seconds,
+                batch_event_record(
+                    batch_id=batch.id,
+                    kind="chunk_done",
+                    message=f"chunk {plan.index} done: {len(requests)} requests in {seconds:.2f}s",
+                    index=plan.index,
+                    requests=len(requests),
+                    failed=chunk.failed,
+                    seconds=round(seconds, 3),
+                    tokens_per_second=round(chunk.output_tokens / seconds, 1) if seconds else 0,
                 )
                 plan = ChunkPlan(
                     index=plan.index + 1, start_line=end_line, start_offset=chunk.end_offset
@@ -378,6 +391,12 @@ def batch_run(*, batch: Batch, worker: WorkerHandle, deadline: float) -> bool:
     if stop == "done":
         _to_finalizing(batch.id, worker.name)
     else:  # cancelled or expired: finalize works out which from the batch's state
+        batch_event_record(
+            batch_id=batch.id,
+            kind=str(stop),
+            message=f"worker stopped before line {plan.start_line}: {stop}",
+            line=plan.start_line,
+        )
         batch_lease_release(batch_id=batch.id, worker_name=worker.name)
         finalize_enqueue(batch.id)
     return True
@@ -514,7 +533,17 @@ def batch_finalize(*, batch_id: str) -> Batch | None:
         )
         if won:
             transaction.on_commit(lambda: handlers_dispatch(batch_id=batch.id))
-    if not won:
+    if won:
+        batch_event_record(
+            batch_id=batch.id,
+            kind="finalized",
+            message=f"finalized as {target}",
+            status=target,
+            output_file_id=created["output"].id if "output" in created else None,
+            error_file_id=created["error"].id if "error" in created else None,
+            unfinished_failed=extra_failed,
+        )
+    else:
         for file in created.values():
             file.content.delete(save=False)
             file.delete()
@@ -646,7 +675,8 @@ def batches_run(*, worker: WorkerHandle, budget_seconds: float) -> int:
             break
         ran += 1
         try:
-            finished = batch_run(batch=batch, worker=worker, deadline=deadline)
+            with log_context(batch_id=batch.id, worker_id=worker.name):
+                finished = batch_run(batch=batch, worker=worker, deadline=deadline)
         except LeaseLost:
             logger.warning("batch %s: lease lost to another worker", batch.id)
             finished = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from batchsite.logging import log_context
 from inference import services
 from inference.worker import worker_current
 
@@ -17,7 +18,8 @@ def run_batches() -> int:
 
 def finalize_batch(batch_id: str) -> None:
     """CPU cluster: assemble the output and error files and end the batch."""
-    services.batch_finalize(batch_id=batch_id)
+    with log_context(batch_id=batch_id):
+        services.batch_finalize(batch_id=batch_id)
 
 
 def sweep() -> dict[str, int]:

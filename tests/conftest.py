@@ -12,6 +12,12 @@ from batches import services
 from inference.models import RegisteredModel
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    # The real hasher costs a second per persona; tests are not about hashing strength.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def owner(db: None) -> User:
     return User.objects.create_user("owner", password="owner-password-1")

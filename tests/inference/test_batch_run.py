@@ -24,6 +24,9 @@ from inference import services
 from inference.models import BatchChunk, RegisteredModel, Worker
 from tests.conftest import chat_line
 
+# Transactional: the worker's on-commit hooks (finalization) must really fire.
+pytestmark = pytest.mark.django_db(transaction=True)
+
 
 @dataclass
 class FakeResult:
