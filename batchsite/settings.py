@@ -126,6 +126,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "static"
+# Static files are served from the apps and static/ directly: no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = Path(env_str("BATCH_FILES_DIR", str(DATA_DIR / "files")))
 STORAGES = {
     # Uploaded and generated files go through Django's storage API: any backend with

@@ -65,11 +65,8 @@ class Cluster:
         return self.log_path.read_text(errors="replace")[-5000:]
 
 
-@pytest.fixture
-def cluster_env(tmp_path: Path, settings: Any) -> dict[str, str]:
-    files = tmp_path / "files"
-    files.mkdir()
-    settings.MEDIA_ROOT = str(files)
+def subprocess_env(files: Path, **extra: str) -> dict[str, str]:
+    """The environment of a cluster on the test database and the test's file storage."""
     return {
         **os.environ,
         "DATABASE_URL": database_url_for_subprocesses(),
@@ -80,13 +77,20 @@ def cluster_env(tmp_path: Path, settings: Any) -> dict[str, str]:
         "Q_POLL_SECONDS": "0.1",
         "DJANGO_SECRET_KEY": settings.SECRET_KEY,
         "BATCH_DATA_DIR": str(settings.DATA_DIR),
+        **extra,
     }
 
 
 @pytest.fixture
-def start_cluster(
-    cluster_env: dict[str, str], tmp_path: Path
-) -> Iterator[Callable[..., Cluster]]:
+def cluster_env(tmp_path: Path, settings: Any) -> dict[str, str]:
+    files = tmp_path / "files"
+    files.mkdir()
+    settings.MEDIA_ROOT = str(files)
+    return subprocess_env(files)
+
+
+@pytest.fixture
+def start_cluster(cluster_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     started: list[Cluster] = []
 
     def start(name: str, **extra_env: str) -> Cluster:
@@ -101,7 +105,11 @@ def start_cluster(
 
 
 def wait_for(
-    predicate: Callable[[], Any], *, timeout: float, what: str, clusters: list[Cluster] = ()  # type: ignore[assignment]
+    predicate: Callable[[], Any],
+    *,
+    timeout: float,
+    what: str,
+    clusters: list[Cluster] = (),  # type: ignore[assignment]
 ) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -113,4 +121,4 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
 
 
-__all__ = ["Cluster", "database_url_for_subprocesses", "wait_for"]
+__all__ = ["Cluster", "database_url_for_subprocesses", "subprocess_env", "wait_for"]
