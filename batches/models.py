@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import threading
 import time
 from datetime import datetime
 from typing import Any, ClassVar
@@ -14,11 +15,19 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+_id_clock_lock = threading.Lock()
+_id_clock_last_ms = 0
+
 
 def _time_ordered_id(prefix: str) -> str:
     # Millisecond time first, randomness second: ids sort in creation order, so cursor pagination
-    # (`after`) and "newest first" are plain primary-key comparisons on one index.
-    return f"{prefix}{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+    # (`after`) and "newest first" are plain primary-key comparisons on one index. The clock never
+    # repeats a millisecond within a process, so ids made in a burst keep their order too.
+    global _id_clock_last_ms
+    with _id_clock_lock:
+        ms = max(int(time.time() * 1000), _id_clock_last_ms + 1)
+        _id_clock_last_ms = ms
+    return f"{prefix}{ms:012x}{secrets.token_hex(8)}"
 
 
 def new_file_id() -> str:

@@ -10,12 +10,16 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.core.files import File as DjangoFile
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 
-from batches.api.errors import ConflictError, InvalidRequest, PayloadTooLarge
+from batches.api.errors import ConflictError, PayloadTooLargeError
+from batches.api.throttles import queued_requests_error
+from batches.events import batch_event_record
+from batches.handlers import handlers_dispatch
 from batches.models import ApiKey, Batch, File
 from batches.validation import iter_lines, validate_lines
 
@@ -53,7 +57,10 @@ def api_key_revoke(*, key: ApiKey) -> None:
 
 def api_key_create_for_username(*, username: str, name: str) -> tuple[ApiKey, str]:
     user_model = get_user_model()
-    owner, _ = user_model.objects.get_or_create(username=username)
+    # A user made for a key logs in with nothing but that key: no usable password.
+    owner, _ = user_model.objects.get_or_create(
+        username=username, defaults={"password": make_password(None)}
+    )
     return api_key_create(owner=owner, name=name)
 
 
@@ -69,13 +76,13 @@ def _clean_filename(name: str) -> str:
 def file_create(
     *,
     owner: Any,
-    upload: UploadedFile,
+    upload: UploadedFile[bytes],
     purpose: str,
     expires_after_seconds: int | None = None,
 ) -> File:
     size = upload.size or 0
     if purpose == File.Purpose.BATCH and size > settings.BATCH_MAX_INPUT_FILE_BYTES:
-        raise PayloadTooLarge(
+        raise PayloadTooLargeError(
             f"File is too large: {size:,} bytes. Batch input files may be at most "
             f"{settings.BATCH_MAX_INPUT_FILE_BYTES:,} bytes.",
             param="file",
@@ -88,7 +95,9 @@ def file_create(
         filename=_clean_filename(upload.name or "file"),
         bytes=size,
         created_at=now,
-        expires_at=now + timedelta(seconds=expires_after_seconds) if expires_after_seconds else None,
+        expires_at=(
+            now + timedelta(seconds=expires_after_seconds) if expires_after_seconds else None
+        ),
     )
     # Storage moves a spooled upload into place; nothing is read into memory here.
     file.content.save(file.id, upload, save=False)
@@ -166,48 +175,32 @@ def batch_transition(batch_id: str, *, from_statuses: tuple[str, ...], **fields:
     return Batch.objects.filter(pk=batch_id, status__in=from_statuses).update(**fields) == 1
 
 
-def batch_validate(*, batch_id: str) -> Batch:
-    """Read the whole input file; move the batch to in_progress, or to failed with its errors."""
+def _input_file_error(message: str, *, param: str) -> dict[str, Any]:
+    return {"code": "invalid_request", "message": message, "param": param, "line": None}
+
+
+def _batch_input_check(batch: Batch) -> tuple[list[dict[str, Any]], int, str]:
+    """(errors, request count, model) of a batch's input file, read as a stream."""
     from inference.models import RegisteredModel
 
-    batch = Batch.objects.get(pk=batch_id)
-    if batch.status != Batch.Status.VALIDATING:
-        return batch
     file = File.objects.filter(pk=batch.input_file_id, owner_id=batch.owner_id).first()
-    errors: list[dict[str, Any]]
-    total = 0
-    model = ""
     if file is None:
-        errors = [
-            {
-                "code": "invalid_request",
-                "message": f"Cannot find file {batch.input_file_id}, or it does not belong to you.",
-                "param": "file_id",
-                "line": None,
-            }
-        ]
-    elif file.purpose != File.Purpose.BATCH:
-        errors = [
-            {
-                "code": "invalid_request",
-                "message": f"File {file.id} was uploaded with purpose '{file.purpose}'; a batch "
-                "input file must have purpose 'batch'.",
-                "param": "input_file_id",
-                "line": None,
-            }
-        ]
-    elif file.bytes > settings.BATCH_MAX_INPUT_FILE_BYTES:
-        errors = [
-            {
-                "code": "invalid_request",
-                "message": f"The input file is {file.bytes:,} bytes; the maximum is "
-                f"{settings.BATCH_MAX_INPUT_FILE_BYTES:,} bytes.",
-                "param": "input_file_id",
-                "line": None,
-            }
-        ]
-    else:
-        enabled = set(RegisteredModel.objects.enabled().values_list("name", flat=True))
+        message = f"Cannot find file {batch.input_file_id}, or it does not belong to you."
+        return [_input_file_error(message, param="file_id")], 0, ""
+    if file.purpose != File.Purpose.BATCH:
+        message = (
+            f"File {file.id} was uploaded with purpose '{file.purpose}'; a batch input file must "
+            "have purpose 'batch'."
+        )
+        return [_input_file_error(message, param="input_file_id")], 0, ""
+    if file.bytes > settings.BATCH_MAX_INPUT_FILE_BYTES:
+        message = (
+            f"The input file is {file.bytes:,} bytes; the maximum is "
+            f"{settings.BATCH_MAX_INPUT_FILE_BYTES:,} bytes."
+        )
+        return [_input_file_error(message, param="input_file_id")], 0, ""
+    enabled = set(RegisteredModel.objects.enabled().values_list("name", flat=True))
+    try:
         with file.content.open("rb") as stream:
             result = validate_lines(
                 iter_lines(stream),
@@ -216,21 +209,41 @@ def batch_validate(*, batch_id: str) -> Batch:
                 max_requests=settings.BATCH_MAX_REQUESTS,
                 max_errors=settings.BATCH_MAX_VALIDATION_ERRORS,
             )
-        errors = [error.as_dict() for error in result.errors]
-        total = result.request_count
-        model = result.model or ""
+    except FileNotFoundError:
+        # The row outlived its content (storage wiped by hand): that will not heal by retrying.
+        logger.exception("input file %s of batch %s has no content", file.id, batch.id)
+        message = f"The content of file {file.id} is missing; upload the file again."
+        return [_input_file_error(message, param="input_file_id")], 0, ""
+    return [error.as_dict() for error in result.errors], result.request_count, result.model or ""
+
+
+def batch_validate(*, batch_id: str) -> Batch:
+    """Read the whole input file; move the batch to in_progress, or to failed with its errors."""
+    batch = Batch.objects.get(pk=batch_id)
+    if batch.status != Batch.Status.VALIDATING:
+        return batch
+    errors, total, model = _batch_input_check(batch)
+    if not errors:
+        # The owner's cap on waiting requests: a valid batch that would pass it fails as a whole.
+        over_cap = queued_requests_error(batch=batch, request_total=total)
+        errors = [over_cap] if over_cap else []
 
     now = timezone.now()
     if errors:
-        batch_transition(
+        if batch_transition(
             batch.id,
             from_statuses=(Batch.Status.VALIDATING,),
             status=Batch.Status.FAILED,
             failed_at=now,
             errors={"object": "list", "data": errors},
             model=model,
-        )
-        logger.info("batch %s failed validation with %d errors", batch.id, len(errors))
+        ):
+            _batch_ended(
+                batch.id,
+                kind="validation_failed",
+                message=f"failed validation with {len(errors)} error(s)",
+                errors=len(errors),
+            )
     elif batch_transition(
         batch.id,
         from_statuses=(Batch.Status.VALIDATING,),
@@ -239,11 +252,25 @@ def batch_validate(*, batch_id: str) -> Batch:
         request_total=total,
         model=model,
     ):
-        logger.info("batch %s validated: %d requests for %s", batch.id, total, model)
+        batch_event_record(
+            batch_id=batch.id,
+            kind="validated",
+            message=f"validated: {total} requests for {model}",
+            requests=total,
+            model=model,
+        )
         from inference import services as inference_services
 
         transaction.on_commit(inference_services.workers_wake)
     return Batch.objects.get(pk=batch.id)
+
+
+def _batch_ended(batch_id: str, *, kind: str, message: str, **data: Any) -> None:
+    """Record a batch that ended here, not on a worker, and run its result handlers."""
+    # As the worker does on its own endings: webhooks (batch.failed, batch.cancelled) and the
+    # curation import start once the ending is committed.
+    batch_event_record(batch_id=batch_id, kind=kind, message=message, **data)
+    transaction.on_commit(lambda: handlers_dispatch(batch_id=batch_id))
 
 
 def batch_cancel(*, batch: Batch) -> Batch:
@@ -263,11 +290,12 @@ def batch_cancel(*, batch: Batch) -> Batch:
         not_started = batch.status == Batch.Status.VALIDATING or (
             batch.status == Batch.Status.IN_PROGRESS
             and not batch.lease_owner
-            and not batch.chunks.exists()  # type: ignore[attr-defined]  # reverse FK from inference
+            and not batch.chunks.exists()
         )
         if not_started and Batch.objects.filter(
             pk=batch.pk, status=batch.status, lease_owner=""
         ).update(status=Batch.Status.CANCELLED, cancelling_at=now, cancelled_at=now):
+            _batch_ended(batch.id, kind="cancelled", message="cancelled before any request ran")
             break
         if not not_started and batch_transition(
             batch.id,

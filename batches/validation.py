@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 ENDPOINT_INPUT_FIELD = {
     "/v1/chat/completions": ("messages", "Messages"),
@@ -34,6 +35,8 @@ _JSON_TYPE_NAMES = {
 }
 # Nesting deeper than this is refused before json.loads can hit Python's recursion limit.
 MAX_JSON_DEPTH = 64
+# \uD800-\uDFFF escapes: only the lines that have one pay for the UTF-8 check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def json_type_name(value: Any) -> str:
@@ -56,29 +59,37 @@ class ValidationResult:
     errors: list[LineError] = field(default_factory=list)
     request_count: int = 0
     model: str | None = None
-    truncated: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
 
 
-def iter_lines(stream: BinaryIO, *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Yield the file's lines (without the newline), reading a bounded buffer at a time."""
-    buffer = b""
-    while True:
-        block = stream.read(chunk_size)
-        if not block:
-            break
-        buffer += block
-        *complete, buffer = buffer.split(b"\n")
-        yield from complete
-    if buffer:
-        yield buffer
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def iter_lines(stream: Readable, *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Yield the file's lines (without the newline), reading a bounded block at a time.
+
+    Only the newly read block is searched for newlines, so a very long line costs linear time.
+    """
+    pending: list[bytes] = []
+    while block := stream.read(chunk_size):
+        start = 0
+        while (end := block.find(b"\n", start)) != -1:
+            pending.append(block[start:end])
+            yield b"".join(pending)
+            pending.clear()
+            start = end + 1
+        if start < len(block):
+            pending.append(block[start:])
+    if pending:
+        yield b"".join(pending)
 
 
 def _too_deep(raw: bytes) -> bool:
     # A cheap bound on nesting, counted outside strings, so hostile files cannot blow the stack.
+    # A line with fewer opening brackets than the limit cannot nest deeper: bytes.count runs at
+    # C speed, while the byte loop below cost 40x a json.loads per line (manage.py bench).
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return False
     depth = 0
     in_string = False
     escaped = False
@@ -101,10 +112,16 @@ def _too_deep(raw: bytes) -> bool:
     return False
 
 
+def _not_json_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity: Python's json module reads them, but they are not JSON.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def custom_id_key(custom_id: str) -> bytes:
     # NFC first: two ids that differ only in Unicode normalization look the same to every person
     # and most tools that join on them, so they count as duplicates.
-    return hashlib.blake2b(unicodedata.normalize("NFC", custom_id).encode(), digest_size=16).digest()
+    normalized = unicodedata.normalize("NFC", custom_id)
+    return hashlib.blake2b(normalized.encode(), digest_size=16).digest()
 
 
 class _Collector:
@@ -140,8 +157,7 @@ def validate_lines(
     too_many_reported = False
 
     for number, raw in enumerate(lines, start=1):
-        if errors.full:
-            result.truncated = True
+        if errors.full:  # the bound reached: the rest of the file cannot change the outcome
             break
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]  # A UTF-8 byte order mark, as Windows tools write it.
@@ -175,7 +191,10 @@ def validate_lines(
             )
             continue
         try:
-            request = json.loads(text)
+            request = json.loads(text, parse_constant=_not_json_constant)
+            if _SURROGATE_ESCAPE.search(raw):
+                # A lone escaped surrogate parses, but its string cannot be written as UTF-8.
+                json.dumps(request, ensure_ascii=False).encode()
         except (ValueError, RecursionError):
             errors.add(
                 "invalid_json_line",
@@ -193,14 +212,14 @@ def validate_lines(
             )
             continue
 
-        missing = [key for key in ("custom_id", "method", "url", "body") if key not in request]
-        for key in missing:
-            errors.add(
-                "missing_required_parameter",
-                f"Missing required parameter: '{key}'.",
-                param=key,
-                line=number,
-            )
+        for name in ("custom_id", "method", "url", "body"):
+            if name not in request:
+                errors.add(
+                    "missing_required_parameter",
+                    f"Missing required parameter: '{name}'.",
+                    param=name,
+                    line=number,
+                )
 
         custom_id = request.get("custom_id")
         if "custom_id" in request:

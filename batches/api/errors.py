@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
-from django.db import DatabaseError, InterfaceError, OperationalError
-from django.http import Http404
+from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -18,7 +16,7 @@ logger = logging.getLogger(__name__)
 class OpenAIError(exceptions.APIException):
     """An error whose message, type, param and code are exactly what OpenAI would answer."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     error_type = "invalid_request_error"
 
     def __init__(
@@ -42,7 +40,7 @@ class OpenAIError(exceptions.APIException):
         self.headers = headers or {}
 
 
-class InvalidRequest(OpenAIError):
+class InvalidRequestError(OpenAIError):
     pass
 
 
@@ -58,7 +56,7 @@ class ConflictError(OpenAIError):
         super().__init__(message, headers={"x-should-retry": "false"}, **kwargs)
 
 
-class PayloadTooLarge(OpenAIError):
+class PayloadTooLargeError(OpenAIError):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 
@@ -70,12 +68,11 @@ def error_body(
 
 def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, str, str | None]:
     """The first (param, message, drf_code) in a DRF ValidationError's nested detail."""
-    if isinstance(detail, dict):
-        for key, value in detail.items():
-            name = str(key)
-            param = name if name == "non_field_errors" else f"{prefix}{name}"
-            found_param, message, code = _first_validation_error(value, f"{param}.")
-            return (None if param == "non_field_errors" else found_param or param), message, code
+    if isinstance(detail, dict) and detail:
+        name, value = next(iter(detail.items()))
+        param = name if name == "non_field_errors" else f"{prefix}{name}"
+        found_param, message, code = _first_validation_error(value, f"{param}.")
+        return (None if param == "non_field_errors" else found_param or param), message, code
     if isinstance(detail, list) and detail:
         return _first_validation_error(detail[0], prefix)
     code = getattr(detail, "code", None)
@@ -108,7 +105,9 @@ def _validation_error_body(exc: exceptions.ValidationError) -> dict[str, Any]:
 def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, OpenAIError):
         return Response(
-            error_body(exc.message, error_type=exc.error_type, param=exc.param, code=exc.code_value),
+            error_body(
+                exc.message, error_type=exc.error_type, param=exc.param, code=exc.code_value
+            ),
             status=exc.status_code,
             headers=exc.headers,
         )
@@ -126,8 +125,9 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
         )
     if isinstance(exc, exceptions.ValidationError):
         return Response(_validation_error_body(exc), status=status.HTTP_400_BAD_REQUEST)
-    if isinstance(exc, OperationalError | InterfaceError | DatabaseError):
-        # The database is away (restart, failover): say so and let the SDK retry.
+    # Only a lost connection, not every DatabaseError: an IntegrityError is a bug to see, and
+    # retrying would not help it.
+    if isinstance(exc, OperationalError | InterfaceError):
         logger.warning("database unavailable: %s", exc)
         return Response(
             error_body(
@@ -141,29 +141,24 @@ def openai_exception_handler(exc: Exception, context: dict[str, Any]) -> Respons
 
     response = exception_handler(exc, context)
     if response is None:
+        # Not an API error: Django's own 500 handling (and error reporting) takes over.
         return None
-    if isinstance(exc, Http404 | exceptions.NotFound):
-        message = "Not found."
-        error_type = "invalid_request_error"
-    elif isinstance(exc, PermissionDenied | exceptions.PermissionDenied):
-        message = "You do not have permission to perform this action."
-        error_type = "invalid_request_error"
-    elif isinstance(exc, exceptions.Throttled):
-        message = (
-            "Rate limit reached. Please retry after "
-            f"{int(exc.wait or 1)} seconds."
+    if isinstance(exc, exceptions.Throttled):
+        # DRF has already set Retry-After; the stubs do not declare Throttled.wait.
+        wait = int(getattr(exc, "wait", None) or 1)
+        response.data = error_body(
+            f"Rate limit reached. Please retry after {wait} seconds.",
+            error_type="requests",
+            code="rate_limit_exceeded",
         )
-        response.headers["retry-after"] = str(int(exc.wait or 1))
-        response.data = error_body(message, error_type="requests", code="rate_limit_exceeded")
         return response
-    elif isinstance(exc, exceptions.APIException):
+    if isinstance(exc, exceptions.APIException):
         message = str(exc.detail)
-        error_type = "invalid_request_error" if response.status_code < 500 else "server_error"
-    else:  # pragma: no cover - DRF only answers for APIException, Http404 and PermissionDenied
-        message = "Internal error."
-        error_type = "server_error"
-    code = exc.get_codes() if isinstance(exc, exceptions.APIException) else None
-    response.data = error_body(
-        message, error_type=error_type, code=code if isinstance(code, str) else None
-    )
+        codes = exc.get_codes()
+        code = codes if isinstance(codes, str) else None
+    else:  # Django's Http404 or PermissionDenied, which DRF has answered with {"detail": ...}
+        message = str(response.data["detail"])
+        code = None
+    error_type = "invalid_request_error" if response.status_code < 500 else "server_error"
+    response.data = error_body(message, error_type=error_type, code=code)
     return response

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from django.db.models import Model, QuerySet
+from django.db.models import QuerySet
 from rest_framework.pagination import BasePagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from batches.api.errors import InvalidRequest
+from batches.api.errors import InvalidRequestError
 
 
 def list_body(data: Sequence[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
@@ -38,7 +38,7 @@ class OpenAICursorPagination(BasePagination):
     def __init__(self) -> None:
         self.has_more = False
 
-    def _limit(self, request: Request, view: APIView) -> int:
+    def _limit(self, request: Request, view: APIView | None) -> int:
         default = getattr(view, "default_limit", self.default_limit)
         maximum = getattr(view, "max_limit", self.max_limit)
         raw = request.query_params.get("limit")
@@ -47,13 +47,13 @@ class OpenAICursorPagination(BasePagination):
         try:
             limit = int(raw)
         except ValueError:
-            raise InvalidRequest(
+            raise InvalidRequestError(
                 f"Invalid 'limit': expected an integer, but got '{raw}' instead.",
                 param="limit",
                 code="invalid_type",
             ) from None
         if not 1 <= limit <= maximum:
-            raise InvalidRequest(
+            raise InvalidRequestError(
                 f"Invalid 'limit': integer below minimum value or above maximum value. "
                 f"Expected a value between 1 and {maximum}, but got {limit} instead.",
                 param="limit",
@@ -61,12 +61,12 @@ class OpenAICursorPagination(BasePagination):
             )
         return limit
 
-    def _descending(self, request: Request, view: APIView) -> bool:
+    def _descending(self, request: Request, view: APIView | None) -> bool:
         if not getattr(view, "allow_order", self.allow_order):
             return True
         order = request.query_params.get("order", "desc")
         if order not in {"asc", "desc"}:
-            raise InvalidRequest(
+            raise InvalidRequestError(
                 f"Invalid value: '{order}'. Supported values are: 'asc' and 'desc'.",
                 param="order",
                 code="invalid_value",
@@ -74,14 +74,18 @@ class OpenAICursorPagination(BasePagination):
         return order == "desc"
 
     def paginate_queryset(
-        self, queryset: QuerySet[Any], request: Request, view: APIView | None = None
-    ) -> list[Model]:
-        assert view is not None
+        self,
+        queryset: QuerySet[Any, Any] | Sequence[Any],
+        request: Request,
+        view: APIView | None = None,
+    ) -> list[Any]:
+        if not isinstance(queryset, QuerySet):
+            raise TypeError("OpenAICursorPagination pages querysets, ordered by primary key.")
         limit = self._limit(request, view)
         descending = self._descending(request, view)
         after = request.query_params.get("after")
         if after:
-            queryset = queryset.filter(pk__lt=after) if descending else queryset.filter(pk__gt=after)
+            queryset = queryset.filter(**{"pk__lt" if descending else "pk__gt": after})
         queryset = queryset.order_by("-pk" if descending else "pk")
         rows = list(queryset[: limit + 1])
         self.has_more = len(rows) > limit

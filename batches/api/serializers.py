@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
-from batches.api.errors import InvalidRequest
+from batches.api.errors import InvalidRequestError
 from batches.models import Batch, File, unix
 from batches.validation import json_type_name
+from inference.models import RegisteredModel
 
 MIN_EXPIRY_SECONDS = 3600
 MAX_EXPIRY_SECONDS = 30 * 24 * 3600
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY_LENGTH = 64
+METADATA_MAX_VALUE_LENGTH = 512
 
 
 def _oxford(values: list[str]) -> str:
@@ -24,105 +28,137 @@ def _oxford(values: list[str]) -> str:
     return ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
-def invalid_value(param: str, value: Any, supported: list[str]) -> InvalidRequest:
-    return InvalidRequest(
+def invalid_value(param: str, value: Any, supported: list[str]) -> InvalidRequestError:
+    return InvalidRequestError(
         f"Invalid value: '{value}'. Supported values are: {_oxford(supported)}.",
         param=param,
         code="invalid_value",
     )
 
 
-@extend_schema_field({"type": "integer", "nullable": True})
-class UnixTimestampField(serializers.Field):  # type: ignore[type-arg]
-    def to_representation(self, value: Any) -> int | None:
+def _param(field: serializers.Field[Any, Any, Any, Any]) -> str:
+    """The dotted path of a bound field, as OpenAI names params: ``output_expires_after.anchor``."""
+    names: list[str] = []
+    node: Any = field
+    while node is not None and getattr(node, "field_name", None):
+        names.append(node.field_name)
+        node = node.parent
+    return ".".join(reversed(names))
+
+
+# --- Fields -----------------------------------------------------------------------------------
+
+
+class ConstantField(serializers.Field[str, str, str, Any]):
+    """A string that never varies, such as ``object: "batch"``; documented as a one-value enum."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__(source="*")
+        self.value = value
+
+    def to_representation(self, value: Any) -> str:
+        return self.value
+
+
+class TimestampField(serializers.Field[datetime, Any, int | None, Any]):
+    """A datetime as Unix seconds, as every OpenAI ``*_at`` field is."""
+
+    def to_representation(self, value: datetime) -> int | None:
         return unix(value)
 
 
-def _constant(value: str) -> serializers.SerializerMethodField:
-    field = extend_schema_field({"type": "string", "enum": [value]})(
-        serializers.SerializerMethodField
-    )
-    return field()  # type: ignore[no-any-return]
+class OpenAIChoiceField(serializers.ChoiceField):
+    """A choice whose refusal reads as OpenAI's: "Invalid value: 'x'. Supported values are: …"."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str) or data not in self.choices:
+            raise invalid_value(_param(self), data, [str(choice) for choice in self.choices])
+        return data
+
+
+# --- Errors -----------------------------------------------------------------------------------
+
+
+class ErrorDetailSerializer(serializers.Serializer[Any]):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+    code = serializers.CharField(allow_null=True)
+
+
+@extend_schema_serializer(component_name="ErrorResponse")
+class ErrorSerializer(serializers.Serializer[Any]):
+    """OpenAI's error envelope, the body of every 4xx and 5xx answer."""
+
+    error = ErrorDetailSerializer()
 
 
 # --- Files ------------------------------------------------------------------------------------
 
 
+@extend_schema_serializer(component_name="FileObject")
 class FileObjectSerializer(serializers.Serializer[File]):
     id = serializers.CharField()
-    object = _constant("file")
+    object = ConstantField("file")
     bytes = serializers.IntegerField()
-    created_at = serializers.SerializerMethodField()
-    expires_at = UnixTimestampField()
+    created_at = TimestampField()
+    expires_at = TimestampField(allow_null=True)
     filename = serializers.CharField()
     purpose = serializers.ChoiceField(choices=File.Purpose.choices)
     status = serializers.ChoiceField(choices=File.Status.choices)
     status_details = serializers.CharField(allow_null=True)
 
-    def get_object(self, obj: File) -> str:
-        return "file"
 
-    def get_created_at(self, obj: File) -> int:
-        return int(obj.created_at.timestamp())
-
-
+@extend_schema_serializer(component_name="FileDeleted")
 class FileDeletedSerializer(serializers.Serializer[Any]):
     id = serializers.CharField()
-    object = serializers.ChoiceField(choices=[("file", "file")])
+    object = ConstantField("file")
     deleted = serializers.BooleanField()
 
 
-class FileCreateSerializer(serializers.Serializer[Any]):
-    file = serializers.FileField(allow_empty_file=True)
-    purpose = serializers.CharField()
-    expires_after_anchor = serializers.CharField(required=False)
-    expires_after_seconds = serializers.IntegerField(required=False)
+class ExpiresAfterSerializer(serializers.Serializer[Any]):
+    """OpenAI's expiration policy, of uploads (expires_after) and outputs (output_expires_after)."""
 
-    def to_internal_value(self, data: Any) -> Any:
-        # The SDK sends expires_after as form fields named expires_after[anchor] / [seconds].
-        if hasattr(data, "copy"):
-            data = data.copy()
-            for part in ("anchor", "seconds"):
-                key = f"expires_after[{part}]"
-                if key in data:
-                    data[f"expires_after_{part}"] = data[key]
-        return super().to_internal_value(data)
+    anchor = OpenAIChoiceField(choices=["created_at"])
+    seconds = serializers.IntegerField(help_text="Between 3600 (1 hour) and 2592000 (30 days).")
 
-    def validate_purpose(self, value: str) -> str:
-        if value not in File.UPLOAD_PURPOSES:
-            raise invalid_value("purpose", value, list(File.UPLOAD_PURPOSES))
-        return value
-
-    def validate_expires_after_anchor(self, value: str) -> str:
-        if value != "created_at":
-            raise invalid_value("expires_after.anchor", value, ["created_at"])
-        return value
-
-    def validate_expires_after_seconds(self, value: int) -> int:
+    def validate_seconds(self, value: int) -> int:
         if not MIN_EXPIRY_SECONDS <= value <= MAX_EXPIRY_SECONDS:
-            raise InvalidRequest(
-                "Invalid 'expires_after.seconds': integer below minimum value or above maximum "
-                f"value. Expected a value between {MIN_EXPIRY_SECONDS} and {MAX_EXPIRY_SECONDS}, "
+            param = _param(self.fields["seconds"])
+            raise InvalidRequestError(
+                f"Invalid '{param}': integer below minimum value or above maximum value. "
+                f"Expected a value between {MIN_EXPIRY_SECONDS} and {MAX_EXPIRY_SECONDS}, "
                 f"but got {value} instead.",
-                param="expires_after.seconds",
+                param=param,
                 code="invalid_value",
             )
         return value
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if ("expires_after_seconds" in attrs) != ("expires_after_anchor" in attrs):
-            missing = "anchor" if "expires_after_seconds" in attrs else "seconds"
-            raise InvalidRequest(
-                f"Missing required parameter: 'expires_after.{missing}'.",
-                param=f"expires_after.{missing}",
-                code="missing_required_parameter",
-            )
-        return attrs
+
+class FileCreateSerializer(serializers.Serializer[Any]):
+    file = serializers.FileField(allow_empty_file=True)
+    purpose = OpenAIChoiceField(choices=list(File.UPLOAD_PURPOSES))
+    expires_after = ExpiresAfterSerializer(required=False)
+
+    def to_internal_value(self, data: Any) -> Any:
+        # Multipart forms are flat: the SDK sends expires_after as the fields
+        # expires_after[anchor] and expires_after[seconds]. A plain dict of the last value of each
+        # field (never QueryDict.copy, which would deep-copy the upload itself).
+        fields = {key: data.get(key) for key in data}
+        nested = {
+            part: fields.pop(f"expires_after[{part}]")
+            for part in ("anchor", "seconds")
+            if f"expires_after[{part}]" in fields
+        }
+        if nested:
+            fields["expires_after"] = nested
+        return super().to_internal_value(fields)
 
 
 # --- Batches ----------------------------------------------------------------------------------
 
 
+@extend_schema_serializer(component_name="BatchError")
 class BatchErrorSerializer(serializers.Serializer[Any]):
     code = serializers.CharField(allow_null=True)
     message = serializers.CharField(allow_null=True)
@@ -130,11 +166,14 @@ class BatchErrorSerializer(serializers.Serializer[Any]):
     line = serializers.IntegerField(allow_null=True)
 
 
+@extend_schema_serializer(component_name="BatchErrors")
 class BatchErrorsSerializer(serializers.Serializer[Any]):
-    object = serializers.CharField()
-    data = BatchErrorSerializer(many=True)
+    object = ConstantField("list")
+    # The stubs see Serializer.data here; DRF's metaclass moves declared fields off the class.
+    data = BatchErrorSerializer(many=True)  # type: ignore[assignment]
 
 
+@extend_schema_serializer(component_name="BatchRequestCounts")
 class RequestCountsSerializer(serializers.Serializer[Batch]):
     total = serializers.IntegerField(source="request_total")
     completed = serializers.IntegerField(source="request_completed")
@@ -149,6 +188,7 @@ class OutputTokensDetailsSerializer(serializers.Serializer[Batch]):
     reasoning_tokens = serializers.IntegerField()
 
 
+@extend_schema_serializer(component_name="BatchUsage")
 class UsageSerializer(serializers.Serializer[Batch]):
     input_tokens = serializers.IntegerField()
     input_tokens_details = InputTokensDetailsSerializer(source="*")
@@ -157,125 +197,97 @@ class UsageSerializer(serializers.Serializer[Batch]):
     total_tokens = serializers.IntegerField()
 
 
+@extend_schema_serializer(component_name="Batch")
 class BatchObjectSerializer(serializers.Serializer[Batch]):
     id = serializers.CharField()
-    object = _constant("batch")
+    object = ConstantField("batch")
     endpoint = serializers.CharField()
-    errors = BatchErrorsSerializer(allow_null=True)
+    # The stubs see Serializer.errors here; DRF's metaclass moves declared fields off the class.
+    errors = BatchErrorsSerializer(allow_null=True)  # type: ignore[assignment]
     input_file_id = serializers.CharField()
     completion_window = serializers.CharField()
     status = serializers.ChoiceField(choices=Batch.Status.choices)
     output_file_id = serializers.CharField(allow_null=True)
     error_file_id = serializers.CharField(allow_null=True)
-    created_at = serializers.SerializerMethodField()
-    in_progress_at = UnixTimestampField()
-    expires_at = UnixTimestampField()
-    finalizing_at = UnixTimestampField()
-    completed_at = UnixTimestampField()
-    failed_at = UnixTimestampField()
-    expired_at = UnixTimestampField()
-    cancelling_at = UnixTimestampField()
-    cancelled_at = UnixTimestampField()
+    created_at = TimestampField()
+    in_progress_at = TimestampField(allow_null=True)
+    expires_at = TimestampField(allow_null=True)
+    finalizing_at = TimestampField(allow_null=True)
+    completed_at = TimestampField(allow_null=True)
+    failed_at = TimestampField(allow_null=True)
+    expired_at = TimestampField(allow_null=True)
+    cancelling_at = TimestampField(allow_null=True)
+    cancelled_at = TimestampField(allow_null=True)
     request_counts = RequestCountsSerializer(source="*")
     usage = UsageSerializer(source="*")
-    model = serializers.CharField(allow_null=True)
+    model = serializers.SerializerMethodField()
     metadata = serializers.DictField(child=serializers.CharField(), allow_null=True)
 
-    def get_object(self, obj: Batch) -> str:
-        return "batch"
-
-    def get_created_at(self, obj: Batch) -> int:
-        return int(obj.created_at.timestamp())
-
-    def to_representation(self, instance: Batch) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        data["model"] = instance.model or None
-        return data
-
-
-class OutputExpiresAfterSerializer(serializers.Serializer[Any]):
-    anchor = serializers.CharField()
-    seconds = serializers.IntegerField()
-
-    def validate_anchor(self, value: str) -> str:
-        if value != "created_at":
-            raise invalid_value("output_expires_after.anchor", value, ["created_at"])
-        return value
-
-    def validate_seconds(self, value: int) -> int:
-        if not MIN_EXPIRY_SECONDS <= value <= MAX_EXPIRY_SECONDS:
-            raise InvalidRequest(
-                "Invalid 'output_expires_after.seconds': integer below minimum value or above "
-                f"maximum value. Expected a value between {MIN_EXPIRY_SECONDS} and "
-                f"{MAX_EXPIRY_SECONDS}, but got {value} instead.",
-                param="output_expires_after.seconds",
-                code="invalid_value",
-            )
-        return value
+    def get_model(self, obj: Batch) -> str | None:
+        # Known once validation has read the file; null before, as OpenAI answers.
+        return obj.model or None
 
 
 @extend_schema_field(
     {
         "type": "object",
-        "additionalProperties": {"type": "string", "maxLength": 512},
-        "maxProperties": 16,
+        "additionalProperties": {"type": "string", "maxLength": METADATA_MAX_VALUE_LENGTH},
+        "maxProperties": METADATA_MAX_KEYS,
         "nullable": True,
     }
 )
-class MetadataField(serializers.Field):  # type: ignore[type-arg]
+class MetadataField(serializers.Field[dict[str, str] | None, Any, Any, Any]):
     """OpenAI's metadata: at most 16 string keys of 64 characters, string values of 512."""
 
     def to_internal_value(self, data: Any) -> dict[str, str] | None:
-        if data is None:
-            return None
         if not isinstance(data, dict):
-            raise InvalidRequest(
+            raise InvalidRequestError(
                 f"Invalid type for 'metadata': expected an object, but got "
                 f"{json_type_name(data)} instead.",
                 param="metadata",
                 code="invalid_type",
             )
-        if len(data) > 16:
-            raise InvalidRequest(
-                f"Invalid 'metadata': too many properties. Expected an object with at most 16 "
-                f"properties, but got an object with {len(data)} properties instead.",
+        if len(data) > METADATA_MAX_KEYS:
+            raise InvalidRequestError(
+                f"Invalid 'metadata': too many properties. Expected an object with at most "
+                f"{METADATA_MAX_KEYS} properties, but got an object with {len(data)} properties "
+                "instead.",
                 param="metadata",
                 code="object_above_max_properties",
             )
         for key, value in data.items():
-            if len(key) > 64:
-                raise InvalidRequest(
-                    f"Invalid 'metadata': key '{key[:64]}…' is too long. Expected a key with a "
-                    f"maximum length of 64, but got a key with length {len(key)} instead.",
+            if len(key) > METADATA_MAX_KEY_LENGTH:
+                raise InvalidRequestError(
+                    f"Invalid 'metadata': key '{key[:METADATA_MAX_KEY_LENGTH]}…' is too long. "
+                    f"Expected a key with a maximum length of {METADATA_MAX_KEY_LENGTH}, but got "
+                    f"a key with length {len(key)} instead.",
                     param="metadata",
                     code="invalid_value",
                 )
             if not isinstance(value, str):
-                raise InvalidRequest(
+                raise InvalidRequestError(
                     f"Invalid type for 'metadata.{key}': expected a string, but got "
                     f"{json_type_name(value)} instead.",
                     param=f"metadata.{key}",
                     code="invalid_type",
                 )
-            if len(value) > 512:
-                raise InvalidRequest(
+            if len(value) > METADATA_MAX_VALUE_LENGTH:
+                raise InvalidRequestError(
                     f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
-                    f"length 512, but got a string with length {len(value)} instead.",
+                    f"length {METADATA_MAX_VALUE_LENGTH}, but got a string with length "
+                    f"{len(value)} instead.",
                     param=f"metadata.{key}",
                     code="string_above_max_length",
                 )
         return dict(data)
 
-    def to_representation(self, value: Any) -> Any:
-        return value
-
 
 class BatchCreateSerializer(serializers.Serializer[Any]):
     input_file_id = serializers.CharField(max_length=64)
-    endpoint = serializers.CharField()
-    completion_window = serializers.CharField()
+    endpoint = OpenAIChoiceField(choices=Batch.Endpoint.values)
+    completion_window = OpenAIChoiceField(choices=["24h"])
     metadata = MetadataField(required=False, allow_null=True)
-    output_expires_after = OutputExpiresAfterSerializer(required=False)
+    output_expires_after = ExpiresAfterSerializer(required=False)
     priority = serializers.IntegerField(
         required=False,
         default=0,
@@ -284,39 +296,29 @@ class BatchCreateSerializer(serializers.Serializer[Any]):
         help_text="Not in OpenAI's API (send it as an extra body field): higher runs sooner.",
     )
 
-    def validate_endpoint(self, value: str) -> str:
-        if value not in Batch.Endpoint.values:
-            raise invalid_value("endpoint", value, list(Batch.Endpoint.values))
-        return value
-
-    def validate_completion_window(self, value: str) -> str:
-        allowed = list(settings.BATCH_COMPLETION_WINDOWS)
-        if value not in allowed:
-            raise invalid_value("completion_window", value, allowed)
-        return value
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Read per request, not at import, so the setting (and tests overriding it) take effect.
+        windows: Any = self.fields["completion_window"]
+        windows.choices = list(settings.BATCH_COMPLETION_WINDOWS)
 
 
 # --- Models -----------------------------------------------------------------------------------
 
 
-class ModelObjectSerializer(serializers.Serializer[Any]):
+@extend_schema_serializer(component_name="Model")
+class ModelObjectSerializer(serializers.Serializer[RegisteredModel]):
     id = serializers.CharField(source="name")
-    object = _constant("model")
-    created = serializers.SerializerMethodField()
+    object = ConstantField("model")
+    created = TimestampField(source="created_at")
     owned_by = serializers.SerializerMethodField()
 
-    def get_object(self, obj: Any) -> str:
-        return "model"
-
-    @extend_schema_field(OpenApiTypes.INT)
-    def get_created(self, obj: Any) -> int:
-        return int(obj.created_at.timestamp())
-
-    @extend_schema_field(OpenApiTypes.STR)
-    def get_owned_by(self, obj: Any) -> str:
+    def get_owned_by(self, obj: RegisteredModel) -> str:
         return "batch-server"
 
 
+@extend_schema_serializer(component_name="ModelList")
 class ModelListSerializer(serializers.Serializer[Any]):
-    object = _constant("list")
-    data = ModelObjectSerializer(many=True)
+    object = ConstantField("list")
+    # The stubs see Serializer.data here; DRF's metaclass moves declared fields off the class.
+    data = ModelObjectSerializer(many=True)  # type: ignore[assignment]

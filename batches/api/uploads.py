@@ -8,14 +8,14 @@ from django.conf import settings
 from django.core.files.uploadhandler import FileUploadHandler
 from rest_framework.request import Request
 
-from batches.api.errors import PayloadTooLarge
+from batches.api.errors import PayloadTooLargeError
 
 # Room for the multipart envelope and the small form fields around the file itself.
 _ENVELOPE_BYTES = 64 * 1024
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
+def _too_large(limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
         f"File is too large: uploads may be at most {limit:,} bytes "
         f"(batch input files at most {settings.BATCH_MAX_INPUT_FILE_BYTES:,} bytes).",
         param="file",

@@ -10,11 +10,12 @@ from django.db.models import QuerySet
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import mixins, renderers, status, viewsets
+from rest_framework import mixins, renderers, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from batches import services
 from batches.api.errors import NotFoundError
@@ -22,21 +23,31 @@ from batches.api.pagination import OpenAICursorPagination
 from batches.api.serializers import (
     BatchCreateSerializer,
     BatchObjectSerializer,
+    ErrorSerializer,
     FileCreateSerializer,
     FileDeletedSerializer,
     FileObjectSerializer,
     ModelListSerializer,
     ModelObjectSerializer,
 )
+from batches.api.throttles import (
+    BatchCreateRateThrottle,
+    UploadRateThrottle,
+    queued_requests_check,
+)
 from batches.api.uploads import limit_upload_size
 from batches.models import Batch, File
 from inference.models import RegisteredModel
 
-ERROR_RESPONSES = {
-    400: OpenApiResponse(description="Invalid request (OpenAI error envelope)."),
-    401: OpenApiResponse(description="Missing or invalid API key."),
-    404: OpenApiResponse(description="No such object for this key."),
-}
+
+def _error(description: str) -> OpenApiResponse:
+    return OpenApiResponse(response=ErrorSerializer, description=description)
+
+
+UNAUTHORIZED = {401: _error("Missing, invalid or revoked API key.")}
+NOT_FOUND = {404: _error("No such object among the caller's own."), **UNAUTHORIZED}
+BAD_REQUEST = {400: _error("Invalid parameter."), **UNAUTHORIZED}
+RATE_LIMITED = {429: _error("A per-key rate limit or the queued-requests cap was reached.")}
 
 
 class DownloadRenderer(renderers.BaseRenderer):
@@ -47,7 +58,8 @@ class DownloadRenderer(renderers.BaseRenderer):
     """
 
     media_type = "*/*"
-    format = "download"
+    # The same format as JSONRenderer's, so the route grows no ?format= parameter.
+    format = "json"
 
     def render(
         self,
@@ -60,33 +72,38 @@ class DownloadRenderer(renderers.BaseRenderer):
         return json.dumps(data).encode()
 
 
-class OwnedObjectMixin:
+class OwnedViewSet(viewsets.GenericViewSet[Any]):
     """Looks objects up among the caller's own only: another owner's id is simply not found."""
 
-    request: Request
-    kwargs: dict[str, Any]
-    not_found_label = "object"
+    # OpenAI's 404 for this kind of object; {id} is the id from the path.
+    not_found_message = "No such object: {id}"
+    not_found_param: str | None = None
+    not_found_code: str | None = None
 
     def get_object(self) -> Any:
-        pk = self.kwargs["pk"]
-        obj = self.get_queryset().filter(pk=pk).first()  # type: ignore[attr-defined]
+        lookup = self.kwargs[self.lookup_url_kwarg or self.lookup_field]
+        obj = self.get_queryset().filter(**{self.lookup_field: lookup}).first()
         if obj is None:
-            raise NotFoundError(f"No {self.not_found_label} found with id '{pk}'.")
+            raise NotFoundError(
+                self.not_found_message.format(id=lookup),
+                param=self.not_found_param,
+                code=self.not_found_code,
+            )
         return obj
 
 
-class FileViewSet(
-    OwnedObjectMixin,
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    viewsets.GenericViewSet,  # type: ignore[type-arg]
-):
+class FileViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnedViewSet):
     serializer_class = FileObjectSerializer
     pagination_class = OpenAICursorPagination
+    # Uploads only; the other routes take no body.
+    parser_classes = [MultiPartParser]
+    throttle_classes = [UploadRateThrottle]
+    lookup_url_kwarg = "file_id"
+    not_found_message = "No such File object: {id}"
+    not_found_param = "id"
     default_limit = 10_000
     max_limit = 10_000
     allow_order = True
-    not_found_label = "file"
 
     def get_queryset(self) -> QuerySet[File]:
         files = File.objects.owned_by(self.request.user)
@@ -95,50 +112,66 @@ class FileViewSet(
             files = files.filter(purpose=purpose)
         return files
 
-    def get_parsers(self) -> list[Any]:
-        if getattr(self, "action", None) == "create" or self.request.method == "POST":
-            return [MultiPartParser(), FormParser()]
-        return super().get_parsers()
-
     @extend_schema(
-        parameters=[OpenApiParameter("purpose", str, required=False)],
-        responses={200: FileObjectSerializer(many=True)},
+        operation_id="listFiles",
+        parameters=[
+            OpenApiParameter("purpose", str, description="Only files with this purpose."),
+        ],
+        responses={200: FileObjectSerializer(many=True), **BAD_REQUEST},
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=FileCreateSerializer, responses={200: FileObjectSerializer, **ERROR_RESPONSES})
+    @extend_schema(operation_id="retrieveFile", responses={200: FileObjectSerializer, **NOT_FOUND})
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(
+        operation_id="createFile",
+        request=FileCreateSerializer,
+        responses={
+            200: FileObjectSerializer,
+            **BAD_REQUEST,
+            413: _error("The upload is over the size limit."),
+            **RATE_LIMITED,
+        },
+    )
     def create(self, request: Request) -> Response:
-        limit_upload_size(request)
+        limit_upload_size(request)  # before request.data: the limit applies while parsing
         serializer = FileCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        expires_after = data.get("expires_after")
         file = services.file_create(
             owner=request.user,
             upload=data["file"],
             purpose=data["purpose"],
-            expires_after_seconds=data.get("expires_after_seconds"),
+            expires_after_seconds=expires_after["seconds"] if expires_after else None,
         )
         return Response(FileObjectSerializer(file).data)
 
-    @extend_schema(request=None, responses={200: FileDeletedSerializer, **ERROR_RESPONSES})
-    def destroy(self, request: Request, pk: str) -> Response:
-        file = self.get_object()
-        services.file_delete(file=file)
-        return Response({"id": pk, "object": "file", "deleted": True})
+    @extend_schema(
+        operation_id="deleteFile",
+        responses={
+            200: FileDeletedSerializer,
+            **NOT_FOUND,
+            409: _error("The file is the input of a batch that has not ended."),
+        },
+    )
+    def destroy(self, request: Request, file_id: str) -> Response:
+        services.file_delete(file=self.get_object())
+        return Response(FileDeletedSerializer({"id": file_id, "deleted": True}).data)
 
     @extend_schema(
-        responses={
-            (200, "application/octet-stream"): OpenApiTypes.BINARY,
-            **ERROR_RESPONSES,
-        }
+        operation_id="downloadFile",
+        responses={(200, "application/octet-stream"): OpenApiTypes.BINARY, **NOT_FOUND},
     )
     @action(
         detail=True,
         methods=["get"],
         renderer_classes=[renderers.JSONRenderer, DownloadRenderer],
     )
-    def content(self, request: Request, pk: str) -> FileResponse:
+    def content(self, request: Request, file_id: str) -> FileResponse:
         file = self.get_object()
         # Always a download, never rendered: a JSONL of model output may contain markup.
         return FileResponse(
@@ -149,72 +182,105 @@ class FileViewSet(
         )
 
 
-class BatchViewSet(
-    OwnedObjectMixin,
-    mixins.ListModelMixin,
-    mixins.RetrieveModelMixin,
-    viewsets.GenericViewSet,  # type: ignore[type-arg]
-):
+class BatchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnedViewSet):
     serializer_class = BatchObjectSerializer
     pagination_class = OpenAICursorPagination
+    lookup_url_kwarg = "batch_id"
+    not_found_message = "No batch found with id '{id}'."
+    parser_classes = [JSONParser]
+    throttle_classes = [BatchCreateRateThrottle]
     default_limit = 20
     max_limit = 100
-    not_found_label = "batch"
 
     def get_queryset(self) -> QuerySet[Batch]:
         return Batch.objects.owned_by(self.request.user)
 
-    @extend_schema(request=BatchCreateSerializer, responses={200: BatchObjectSerializer, **ERROR_RESPONSES})
+    @extend_schema(
+        operation_id="listBatches",
+        responses={200: BatchObjectSerializer(many=True), **BAD_REQUEST},
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        operation_id="retrieveBatch", responses={200: BatchObjectSerializer, **NOT_FOUND}
+    )
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(
+        operation_id="createBatch",
+        request=BatchCreateSerializer,
+        responses={200: BatchObjectSerializer, **BAD_REQUEST, **RATE_LIMITED},
+    )
     def create(self, request: Request) -> Response:
         serializer = BatchCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        expires = data.get("output_expires_after")
+        output_expires_after = data.get("output_expires_after")
+        queued_requests_check(owner=request.user)
         batch = services.batch_create(
             owner=request.user,
             input_file_id=data["input_file_id"],
             endpoint=data["endpoint"],
             completion_window=data["completion_window"],
             metadata=data.get("metadata"),
-            output_expires_after_seconds=expires["seconds"] if expires else None,
+            output_expires_after_seconds=(
+                output_expires_after["seconds"] if output_expires_after else None
+            ),
             priority=data["priority"],
         )
         return Response(BatchObjectSerializer(batch).data)
 
     @extend_schema(
+        operation_id="cancelBatch",
         request=None,
         responses={
             200: BatchObjectSerializer,
-            409: OpenApiResponse(description="The batch has already ended."),
-            **ERROR_RESPONSES,
+            **NOT_FOUND,
+            409: _error("The batch has already ended (the header x-should-retry is false)."),
         },
     )
     @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, pk: str) -> Response:
+    def cancel(self, request: Request, batch_id: str) -> Response:
         batch = services.batch_cancel(batch=self.get_object())
-        return Response(BatchObjectSerializer(batch).data, status=status.HTTP_200_OK)
+        return Response(BatchObjectSerializer(batch).data)
 
 
-class ModelViewSet(OwnedObjectMixin, viewsets.GenericViewSet):  # type: ignore[type-arg]
+class ModelListView(APIView):
+    """The registered models (the same for every key). Not paginated, as at OpenAI."""
+
+    @extend_schema(operation_id="listModels", responses={200: ModelListSerializer, **UNAUTHORIZED})
+    def get(self, request: Request) -> Response:
+        return Response(ModelListSerializer({"data": RegisteredModel.objects.enabled()}).data)
+
+
+class ModelViewSet(OwnedViewSet):
     serializer_class = ModelObjectSerializer
-    not_found_label = "model"
+    lookup_field = "name"
+    lookup_url_kwarg = "model"
+    not_found_message = "The model '{id}' does not exist or you do not have access to it."
+    not_found_code = "model_not_found"
+    # Hub ids contain a slash: "org/name".
     lookup_value_regex = "[^/]+(?:/[^/]+)*"
 
     def get_queryset(self) -> QuerySet[RegisteredModel]:
         return RegisteredModel.objects.enabled()
 
-    def get_object(self) -> Any:
-        name = self.kwargs["pk"]
-        model = self.get_queryset().filter(name=name).first()
-        if model is None:
-            raise NotFoundError(f"The model '{name}' does not exist.", code="model_not_found")
-        return model
-
-    @extend_schema(responses={200: ModelListSerializer})
-    def list(self, request: Request) -> Response:
-        data = ModelObjectSerializer(self.get_queryset(), many=True).data
-        return Response({"object": "list", "data": data})
-
-    @extend_schema(responses={200: ModelObjectSerializer, **ERROR_RESPONSES})
-    def retrieve(self, request: Request, pk: str) -> Response:
+    @extend_schema(
+        operation_id="retrieveModel",
+        parameters=[OpenApiParameter("model", str, OpenApiParameter.PATH)],
+        responses={200: ModelObjectSerializer, **NOT_FOUND},
+    )
+    def retrieve(self, request: Request, model: str) -> Response:
         return Response(ModelObjectSerializer(self.get_object()).data)
+
+
+class UnknownRouteView(APIView):
+    """Any other /v1 path answers as OpenAI does, in its envelope, rather than Django's HTML 404."""
+
+    schema = None  # not an operation of the API
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # the key is checked first, as everywhere
+        raise NotFoundError(f"Invalid URL ({request.method} {request.path})")
