@@ -205,7 +205,6 @@ WORKER_DEADLINE_MARGIN_SECONDS = env_int("WORKER_DEADLINE_MARGIN_SECONDS", 3 * 3
 # django-q2 with the ORM broker on the same database: no extra service to run. Two clusters share
 # one broker table, told apart by queue name: "cpu" (validation, finalization, expiry, webhooks)
 # and "gpu" (vLLM). ``python manage.py qcluster`` starts the one named by Q_CLUSTER_NAME.
-Q_CLUSTER_NAME = env_str("Q_CLUSTER_NAME", "cpu")
 Q_GPU_TIMEOUT = env_int("Q_GPU_TIMEOUT", 3_600, minimum=10)
 Q_CLUSTER = {
     "name": "cpu",
