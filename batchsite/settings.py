@@ -127,6 +127,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise expects it, even before collectstatic
 # Static files are served from the apps and static/ directly: no collectstatic step to forget.
 WHITENOISE_USE_FINDERS = True
 MEDIA_ROOT = Path(env_str("BATCH_FILES_DIR", str(DATA_DIR / "files")))

@@ -34,7 +34,7 @@ class RegisteredModel(models.Model):
     default_sampling = models.JSONField(
         default=dict,
         blank=True,
-        help_text="Sampling defaults for requests that do not set them, e.g. {\"max_tokens\": 256}.",
+        help_text='Sampling defaults for requests that do not set them, e.g. {"max_tokens": 256}.',
     )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)

@@ -29,7 +29,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django_q.models import OrmQ
@@ -228,13 +228,20 @@ def _chunk_dir(batch_id: str) -> str:
     return f"batches/{batch_id}/chunks"
 
 
+class StorageWriteError(Exception):
+    """Storage refused the results (a full disk, a bucket outage): the batch cannot go on."""
+
+
 def _save_blob(name: str, lines: list[str]) -> str:
     if not lines:
         return ""
-    return default_storage.save(name, ContentFile(("\n".join(lines) + "\n").encode()))
+    try:
+        return default_storage.save(name, ContentFile(("\n".join(lines) + "\n").encode()))
+    except Exception as error:  # each backend fails its own way: OSError on disk, others on S3
+        raise StorageWriteError(f"Could not store the batch's results: {error}") from error
 
 
-class LeaseLost(Exception):
+class LeaseLostError(Exception):
     """Another worker took the batch (we looked dead to it); stop without recording anything."""
 
 
@@ -287,13 +294,13 @@ def chunk_record(
                 lease_expires_at=timezone.now() + timedelta(seconds=settings.BATCH_LEASE_SECONDS),
             )
             if not moved:
-                raise LeaseLost(batch.id)
-    except (IntegrityError, LeaseLost):
+                raise LeaseLostError(batch.id)
+    except (IntegrityError, LeaseLostError):
         # Someone else recorded this chunk (or holds the batch now): ours must leave no trace.
         for name in (saved_out, saved_err):
             if name:
                 default_storage.delete(name)
-        raise LeaseLost(batch.id) from None
+        raise LeaseLostError(batch.id) from None
     return chunk
 
 
@@ -400,6 +407,26 @@ def batch_run(*, batch: Batch, worker: WorkerHandle, deadline: float) -> bool:
         batch_lease_release(batch_id=batch.id, worker_name=worker.name)
         finalize_enqueue(batch.id)
     return True
+
+
+def batch_fail(*, batch_id: str, worker_name: str, message: str) -> None:
+    """End a batch this worker holds as failed, with the reason, instead of retrying forever."""
+    error = {"code": "server_error", "message": message, "param": None, "line": None}
+    with transaction.atomic():
+        failed = Batch.objects.filter(
+            pk=batch_id, lease_owner=worker_name, status__in=Batch.RUNNABLE_STATUSES
+        ).update(
+            status=Batch.Status.FAILED,
+            failed_at=timezone.now(),
+            errors={"object": "list", "data": [error]},
+            lease_owner="",
+            lease_expires_at=None,
+        )
+        if failed:
+            transaction.on_commit(lambda: handlers_dispatch(batch_id=batch_id))
+    if failed:
+        batch_event_record(batch_id=batch_id, kind="failed", message=f"failed: {message}")
+        _chunk_blobs_delete(batch_id)  # a failed batch has no output: its partial results go
 
 
 def _to_finalizing(batch_id: str, worker_name: str) -> None:
@@ -549,6 +576,7 @@ def batch_finalize(*, batch_id: str) -> Batch | None:
             file.delete()
         return Batch.objects.filter(pk=batch.id).first()
     _chunk_blobs_delete(batch.id)
+    _stale_outputs_delete(batch, keep=list(created.values()))
     logger.info("batch %s finalized as %s", batch.id, target)
     return Batch.objects.get(pk=batch.id)
 
@@ -562,6 +590,18 @@ def _chunk_blobs_delete(batch_id: str) -> None:
         return
     for name in names:
         default_storage.delete(f"{directory}/{name}")
+
+
+def _stale_outputs_delete(batch: Batch, *, keep: list[File]) -> None:
+    # A finalization killed after storing its files left them unreferenced: only the winner's stay.
+    stale = File.objects.filter(
+        owner_id=batch.owner_id,
+        purpose=File.Purpose.BATCH_OUTPUT,
+        filename__in=[f"{batch.id}_output.jsonl", f"{batch.id}_error.jsonl"],
+    ).exclude(pk__in=[file.pk for file in keep])
+    for file in stale:
+        file.content.delete(save=False)
+        file.delete()
 
 
 # --- Sweep ------------------------------------------------------------------------------------
@@ -653,6 +693,48 @@ class WorkerHandle:
         )
 
 
+def database_wait(*, poll_seconds: float = 1.0) -> None:
+    """Block until the database answers again, on a fresh connection (after an outage)."""
+    while True:
+        try:
+            connection.close()
+            connection.ensure_connection()
+            return
+        except (OperationalError, InterfaceError):
+            time.sleep(poll_seconds)
+
+
+# Engine deaths per (batch, chunk start) in this process: a request that reliably kills vLLM
+# must fail its batch rather than crash-loop the worker.
+_engine_deaths: dict[tuple[str, int], int] = {}
+MAX_ENGINE_DEATHS_PER_CHUNK = 3
+
+
+def _engine_died(batch: Batch, worker: WorkerHandle, error: Exception) -> bool:
+    """The chunk in flight is lost (nothing was recorded): reload and retry, a few times."""
+    from inference import engine as engine_module
+
+    engine_module.engine_release()
+    key = (batch.id, chunk_next_plan(batch).start_line)
+    _engine_deaths[key] = _engine_deaths.get(key, 0) + 1
+    logger.error(
+        "batch %s: the engine died (%d time(s) on this chunk): %s",
+        batch.id,
+        _engine_deaths[key],
+        error,
+    )
+    if _engine_deaths[key] >= MAX_ENGINE_DEATHS_PER_CHUNK:
+        batch_fail(
+            batch_id=batch.id,
+            worker_name=worker.name,
+            message=f"The engine crashed {MAX_ENGINE_DEATHS_PER_CHUNK} times on the requests "
+            f"from line {key[1]}: {error}",
+        )
+        return True
+    batch_lease_release(batch_id=batch.id, worker_name=worker.name)
+    return True
+
+
 def batches_run(*, worker: WorkerHandle, budget_seconds: float) -> int:
     """Claim and run batches until none is left or the budget is spent; returns batches run."""
     from inference import engine as engine_module
@@ -677,15 +759,26 @@ def batches_run(*, worker: WorkerHandle, budget_seconds: float) -> int:
         try:
             with log_context(batch_id=batch.id, worker_id=worker.name):
                 finished = batch_run(batch=batch, worker=worker, deadline=deadline)
-        except LeaseLost:
+        except LeaseLostError:
             logger.warning("batch %s: lease lost to another worker", batch.id)
+            finished = True
+        except StorageWriteError as error:
+            batch_fail(batch_id=batch.id, worker_name=worker.name, message=str(error))
+            finished = True
+        except engine_module.EngineDiedError as error:
+            finished = _engine_died(batch, worker, error)
+        except (OperationalError, InterfaceError) as error:
+            # Our lease is still ours: once the database is back, the next claim resumes the
+            # batch after its last recorded chunk.
+            logger.warning("batch %s: database unreachable (%s); waiting for it", batch.id, error)
+            database_wait()
             finished = True
         finally:
             worker.batch_finished()
         if not finished:
             break
-    if Batch.objects.runnable().filter(Q(lease_owner="") | Q(lease_expires_at__lt=timezone.now())).exists():
+    lease_free = Q(lease_owner="") | Q(lease_expires_at__lt=timezone.now())
+    if Batch.objects.runnable().filter(lease_free).exists():
         # Budget spent with work left: hand over to a fresh task rather than outlive the timeout.
         workers_wake()
     return ran
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,3 +82,12 @@ def chat_line(custom_id: str, *, model: str = "tiny-chat", **body: Any) -> dict[
         "url": "/v1/chat/completions",
         "body": {"model": model, "messages": [{"role": "user", "content": "Hello"}], **body},
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """The tiny random-weight model, built once into var/test-models and reused across runs."""
+    from inference.tiny_model import TINY_MODEL_VERSION, tiny_model_ensure
+
+    models_dir = Path(__file__).resolve().parent.parent / "var" / "test-models"
+    return tiny_model_ensure(models_dir / f"tiny-{TINY_MODEL_VERSION}")

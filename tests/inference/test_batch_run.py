@@ -61,7 +61,11 @@ class FakeEngine:
                 line = {
                     "id": f"batch_req_{custom_id}",
                     "custom_id": custom_id,
-                    "response": {"status_code": 200, "request_id": "r", "body": {"echo": custom_id}},
+                    "response": {
+                        "status_code": 200,
+                        "request_id": "r",
+                        "body": {"echo": custom_id},
+                    },
                     "error": None,
                 }
                 results.append(FakeResult(custom_id, True, line, 3, 2))
@@ -76,7 +80,9 @@ def engine(monkeypatch: pytest.MonkeyPatch, registered_model: RegisteredModel) -
     monkeypatch.setattr(engine_module, "engine_get", lambda registered: fake)
     monkeypatch.setattr(engine_module, "engine_loaded", lambda: fake)
     # Tasks run inline: the CPU cluster's finalization, and no GPU wake-ups.
-    monkeypatch.setattr(services, "finalize_enqueue", lambda batch_id: services.batch_finalize(batch_id=batch_id))
+    monkeypatch.setattr(
+        services, "finalize_enqueue", lambda batch_id: services.batch_finalize(batch_id=batch_id)
+    )
     monkeypatch.setattr(services, "workers_wake", lambda: None)
     return fake
 
@@ -315,7 +321,7 @@ def test_a_worker_that_lost_its_lease_records_nothing_and_leaves_no_blobs(
     assert claimed is not None
     Batch.objects.filter(pk=batch.pk).update(lease_owner="thief:9")
     results = engine.run_chunk(batch.endpoint, [("a", {}), ("b", {})])
-    with pytest.raises(services.LeaseLost):
+    with pytest.raises(services.LeaseLostError):
         services.chunk_record(
             batch=batch,
             plan=services.ChunkPlan(index=0, start_line=1, start_offset=0),
@@ -330,15 +336,22 @@ def test_a_worker_that_lost_its_lease_records_nothing_and_leaves_no_blobs(
     assert not default_storage.exists(directory) or default_storage.listdir(directory)[1] == []
 
 
-def test_the_pick_order_prefers_cancels_then_deadlines_then_the_loaded_model_then_priority() -> None:
+def test_the_pick_order_prefers_cancels_then_deadlines_then_the_loaded_model_then_priority() -> (
+    None
+):
     now = timezone.now()
     far = now + timedelta(hours=20)
     rows = [
         {"id": "b1", "status": "in_progress", "model": "m2", "priority": 0, "expires_at": far},
         {"id": "b2", "status": "in_progress", "model": "m1", "priority": 0, "expires_at": far},
         {"id": "b3", "status": "in_progress", "model": "m2", "priority": 5, "expires_at": far},
-        {"id": "b4", "status": "in_progress", "model": "m2", "priority": 0,
-         "expires_at": now + timedelta(minutes=30)},
+        {
+            "id": "b4",
+            "status": "in_progress",
+            "model": "m2",
+            "priority": 0,
+            "expires_at": now + timedelta(minutes=30),
+        },
         {"id": "b5", "status": "cancelling", "model": "m3", "priority": 0, "expires_at": far},
         {"id": "b6", "status": "in_progress", "model": "m1", "priority": 9, "expires_at": far},
     ]
@@ -371,3 +384,24 @@ def test_a_spent_budget_releases_the_lease_for_the_next_task(
     assert services.batches_run(worker=worker, budget_seconds=-1) == 0
     batch.refresh_from_db()
     assert batch.status == Batch.Status.IN_PROGRESS and batch.lease_owner == ""
+
+
+def test_an_engine_that_keeps_dying_on_a_chunk_fails_the_batch_instead_of_looping(
+    owner: User, engine: FakeEngine, worker: services.WorkerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference import engine as engine_module
+
+    batch = make_batch(owner, [chat_line("a"), chat_line("b")])
+    monkeypatch.setattr(engine_module, "engine_release", lambda: None)
+
+    def die(call: int) -> None:
+        raise engine_module.EngineDiedError("engine process exited")
+
+    engine.before_call = die
+    services.batches_run(worker=worker, budget_seconds=60)
+
+    batch.refresh_from_db()
+    assert len(engine.calls) == services.MAX_ENGINE_DEATHS_PER_CHUNK
+    assert batch.status == Batch.Status.FAILED
+    assert batch.errors["data"][0]["code"] == "server_error"
+    assert "crashed 3 times" in batch.errors["data"][0]["message"]
