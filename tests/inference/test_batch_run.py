@@ -403,5 +403,6 @@ def test_an_engine_that_keeps_dying_on_a_chunk_fails_the_batch_instead_of_loopin
     batch.refresh_from_db()
     assert len(engine.calls) == services.MAX_ENGINE_DEATHS_PER_CHUNK
     assert batch.status == Batch.Status.FAILED
+    assert batch.errors is not None
     assert batch.errors["data"][0]["code"] == "server_error"
     assert "crashed 3 times" in batch.errors["data"][0]["message"]
