@@ -1,0 +1,106 @@
+"""manage.py bench: the quick run end to end (shape only), and the pieces it is built from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inference import bench
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def test_it_writes_requests_that_each_ask_for_the_same_work(tmp_path: Path) -> None:
+    path = bench.requests_write(tmp_path / "in.jsonl", 5, model="m", prefix="p")
+
+    lines = [json.loads(raw) for raw in path.read_text().splitlines()]
+
+    assert [line["custom_id"] for line in lines] == [f"p-{i}" for i in range(5)]
+    assert {line["url"] for line in lines} == {bench.CHAT}
+    assert all(line["body"]["max_tokens"] == bench.OUTPUT_TOKENS for line in lines)
+    assert all(line["body"]["ignore_eos"] is True for line in lines)
+
+
+def test_it_pads_ingest_lines_to_about_the_size_asked(tmp_path: Path) -> None:
+    path = bench.requests_write(tmp_path / "big.jsonl", 10, model="m", prefix="p", line_bytes=4000)
+
+    sizes = [len(raw) for raw in path.read_bytes().splitlines()]
+
+    assert all(3_950 <= size <= 4_050 for size in sizes)
+    assert bench.bare_parse_seconds(path) > 0
+
+
+def test_it_turns_engine_arguments_into_vllm_flags() -> None:
+    flags = bench.engine_args_as_cli(
+        {"max_model_len": 1024, "enforce_eager": True, "enable_chunked_prefill": False}
+    )
+
+    assert flags == [
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--no-enable-chunked-prefill",
+    ]
+
+
+def test_it_reports_latency_percentiles_in_milliseconds() -> None:
+    result = bench.LoadResult(requests=100, seconds=2.0, latencies=[i / 1000 for i in range(100)])
+
+    summary = result.summary()
+
+    assert summary["requests_per_second"] == 50
+    assert summary["p50_ms"] == pytest.approx(50)
+    assert summary["p99_ms"] == pytest.approx(99)
+
+
+@pytest.mark.engine
+def test_the_quick_bench_prints_every_measurement_and_ratio(tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    env = {**os.environ, "BATCH_BENCH_DIR": str(tmp_path / "bench")}
+
+    run = subprocess.run(
+        [sys.executable, "manage.py", "bench", "--quick", "--json", str(output)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1_200,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stderr[-5000:]
+    results = json.loads(output.read_text())
+    assert _positive(results["engine"]["seconds"])
+    assert results["engine"]["requests"] == results["server"]["requests"]
+    assert results["server"]["completed"] == results["server"]["requests"]
+    for key in ("seconds", "first_request_seconds"):
+        assert _positive(results["server"][key])
+    assert all(isinstance(v, float) for v in results["server"]["phases"].values())
+    assert _positive(results["run_batch"]["seconds"])
+    assert results["run_batch"]["three_batches"] is None  # skipped in quick mode
+    for key in ("seconds", "upload_seconds", "bare_parse_seconds", "lines", "bytes"):
+        assert _positive(results["ingest"][key])
+    for endpoint in ("health", "batch"):
+        stats = results["api"][endpoint]
+        assert stats["errors"] == 0
+        for key in ("requests_per_second", "p50_ms", "p99_ms"):
+            assert _positive(stats[key])
+    for size in ("small", "large"):
+        for process in ("web", "worker", "worker_vllm"):
+            assert _positive(results["memory"][size][process])
+    ratios = results["ratios"]
+    for key in ("server_over_engine", "server_over_run_batch", "ingest_over_bare_parse"):
+        assert _positive(ratios[key])
+    assert ratios["three_batches_server_over_run_batch"] is None
+    assert {verdict["met"] for verdict in results["targets"]} <= {True, False, None}
+    assert "| server / engine at N |" in run.stdout
