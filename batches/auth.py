@@ -41,7 +41,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         parts = ApiKey.split(raw_key)
         key = None
         if parts is not None:
-            key = ApiKey.objects.select_related("owner").filter(prefix=parts[0]).first()
+            rows = ApiKey.objects.select_related("owner").filter(prefix=parts[0])[:1]
+            key = next(iter(rows), None)
         expected = key.secret_hash if key is not None else _DUMMY_HASH
         given = ApiKey.hash_secret(parts[1] if parts else raw_key)
         if (
