@@ -36,7 +36,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--default-sampling",
-            help='JSON object of sampling defaults, e.g. \'{"max_tokens": 256}\'.',
+            help="JSON object of sampling defaults, e.g. '{\"max_tokens\": 256}'.",
         )
         parser.add_argument("--disabled", action="store_true", help="Register it disabled.")
 
