@@ -756,6 +756,11 @@ def batches_run(*, worker: WorkerHandle, budget_seconds: float) -> int:
                 continue
             break
         ran += 1
+        lease_free = Q(lease_owner="") | Q(lease_expires_at__lt=timezone.now())
+        if Batch.objects.runnable().filter(lease_free).exists():
+            # More work than this worker: a task for an idle one (busy clusters prefetch tasks,
+            # so the single wake-up at start may have gone to a worker that is not idle).
+            workers_wake()
         try:
             with log_context(batch_id=batch.id, worker_id=worker.name):
                 finished = batch_run(batch=batch, worker=worker, deadline=deadline)
