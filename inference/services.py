@@ -334,11 +334,12 @@ def batch_run(*, batch: Batch, worker: WorkerHandle, deadline: float) -> bool:
     plan = chunk_next_plan(batch)
     stop = _stop_reason(batch.id, worker.name)
     if stop is None and registered is not None and input_file is not None:
+        # First, so the heartbeat renews the lease while the model loads (loads can outlast it).
+        worker.batch_started(batch.id)
         started = time.monotonic()
         engine = engine_module.engine_get(registered)
         load_seconds = time.monotonic() - started
         worker.model_loaded(registered.name, load_seconds if load_seconds > 0.5 else None)
-        worker.batch_started(batch.id)
         batch_event_record(
             batch_id=batch.id,
             kind="started",
