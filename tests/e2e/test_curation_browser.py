@@ -2,7 +2,8 @@
 
 The queue comes from the ``completed_batch`` fixture through the result handler, as in
 production; the walk depends only on the batch's input (which the fixture writes), never on what
-the model answered, so the fixture may run the batch through the real worker.
+the model answered (the tiny model's text is gibberish), and the batch is run by the real
+worker loop on vLLM.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from datetime import timedelta
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group, User
+from django.utils import timezone
 
-from batches.models import Batch
+from batches.models import Batch, File
+from batches.services import file_create_generated
 from curation import handlers
 from curation.models import REVIEWER_GROUP, ConquestSchema, Item, Queue, Response
 from curation.schemas import schema_import
@@ -53,26 +58,60 @@ def triage_schema(transactional_db: None) -> ConquestSchema:
 
 
 @pytest.fixture
-def completed_batch(owner: User, triage_schema: ConquestSchema) -> Batch:
-    """A completed batch of support tickets whose metadata asks for the ticket_triage schema.
+def completed_batch(
+    owner: User,
+    triage_schema: ConquestSchema,
+    tiny_model_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Batch:
+    """A batch of support tickets really run by the worker loop on vLLM (the tiny model).
 
-    Written straight into storage for now; only its input matters to the test.
+    Its metadata asks for the ticket_triage schema. The worker loop runs in this process with
+    the real engine (no cluster: the CPU cluster's finalization is called inline).
     """
+    from inference import engine
+    from inference import services as inference_services
+    from inference.models import Worker
+
+    inference_services.model_register(
+        name="tiny-chat", source=str(tiny_model_path), engine_args={"max_model_len": 512}
+    )
     requests = [
         factories.chat_request(f"ticket-{i}", ticket) for i, ticket in enumerate(factories.TICKETS)
     ]
-    outputs: dict[str, str | None] = {
-        "ticket-0": factories.ticket_answer(category="Billing", urgency="High", needs_reply=True),
-        "ticket-1": factories.ticket_answer(category="Bug", urgency="Normal", needs_reply=True),
-        "ticket-2": "Sounds like a feature request to me.",
-        "ticket-3": factories.ticket_answer(category="Account", urgency="High", needs_reply=True),
-    }
-    return factories.completed_batch(
-        owner,
-        requests,
-        outputs,
-        metadata={"curation_schema": "ticket_triage", "curation_queue": "Support tickets"},
+    content = "".join(json.dumps(line) + "\n" for line in requests).encode()
+    input_file = file_create_generated(
+        owner=owner, purpose=File.Purpose.BATCH, filename="tickets.jsonl", content=BytesIO(content)
     )
+    now = timezone.now()
+    batch = Batch.objects.create(
+        owner=owner,
+        endpoint=Batch.Endpoint.CHAT_COMPLETIONS,
+        input_file_id=input_file.id,
+        status=Batch.Status.IN_PROGRESS,
+        model="tiny-chat",
+        metadata={"curation_schema": "ticket_triage", "curation_queue": "Support tickets"},
+        request_total=len(requests),
+        in_progress_at=now,
+        expires_at=now + timedelta(hours=24),
+    )
+    monkeypatch.setattr(inference_services, "workers_wake", lambda: None)
+    monkeypatch.setattr(
+        inference_services,
+        "finalize_enqueue",
+        lambda batch_id: inference_services.batch_finalize(batch_id=batch_id),
+    )
+    Worker.objects.create(name="browser-test:1", host="test", pid=1)
+    try:
+        inference_services.batches_run(
+            worker=inference_services.WorkerHandle("browser-test:1"), budget_seconds=900
+        )
+    finally:
+        engine.engine_release()
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.COMPLETED
+    assert batch.request_completed + batch.request_failed == len(requests)
+    return batch
 
 
 @pytest.fixture
