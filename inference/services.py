@@ -605,6 +605,16 @@ def _stale_outputs_delete(batch: Batch, *, keep: list[File]) -> None:
         file.delete()
 
 
+def finalizations_resume() -> int:
+    """Enqueue finalization for every batch waiting for it (a CPU cluster is starting)."""
+    ids = list(
+        Batch.objects.filter(status=Batch.Status.FINALIZING).values_list("id", flat=True)[:500]
+    )
+    for batch_id in ids:
+        finalize_enqueue(batch_id)
+    return len(ids)
+
+
 # --- Sweep ------------------------------------------------------------------------------------
 
 

@@ -10,6 +10,11 @@ from inference import services
 
 
 def on_worker_spawn(sender: Any, proc_name: str, **kwargs: Any) -> None:
+    if Conf.CLUSTER_NAME == services.CPU_CLUSTER:
+        # A CPU cluster killed mid-finalization left its task locked in the broker for the
+        # retry period: finish such batches now (finalization is safe to run twice).
+        services.finalizations_resume()
+        return
     if Conf.CLUSTER_NAME != services.GPU_CLUSTER:
         return
     from inference.worker import worker_current

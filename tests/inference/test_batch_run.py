@@ -406,3 +406,22 @@ def test_an_engine_that_keeps_dying_on_a_chunk_fails_the_batch_instead_of_loopin
     assert batch.errors is not None
     assert batch.errors["data"][0]["code"] == "server_error"
     assert "crashed 3 times" in batch.errors["data"][0]["message"]
+
+
+def test_a_starting_cpu_cluster_resumes_finalizations_left_by_a_killed_one(
+    owner: User, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_q.conf import Conf
+
+    from inference.signals import on_worker_spawn
+
+    batch = make_batch(owner, [chat_line("a")])
+    Batch.objects.filter(pk=batch.pk).update(
+        status=Batch.Status.FINALIZING, finalizing_at=timezone.now()
+    )
+    monkeypatch.setattr(Conf, "CLUSTER_NAME", "cpu")
+
+    on_worker_spawn(sender="django_q", proc_name="Process-1")
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.COMPLETED
