@@ -58,11 +58,13 @@ check: lint typecheck migrations-check schema-check
 clean:
 	rm -rf $(VENV) var/test-models .pytest_cache .mypy_cache .ruff_cache
 
-# Schemathesis over every /v1 operation (and the validator's properties) with far more, and new,
-# examples than the suite's bounded run; prints "fuzz cases run: N" per operation.
+# Schemathesis over every /v1 operation, and the properties of the JSONL validator and of the
+# request -> SamplingParams mapping, with far more (and new) examples than the suite's bounded
+# run; prints "fuzz cases run: N" per operation.
 FUZZ_MAX_EXAMPLES ?= 500
 PROPERTY_MAX_EXAMPLES ?= 3000
 fuzz: install
 	FUZZ_MAX_EXAMPLES=$(FUZZ_MAX_EXAMPLES) PROPERTY_MAX_EXAMPLES=$(PROPERTY_MAX_EXAMPLES) \
 	  FUZZ_DERANDOMIZE=0 $(BIN)/python -m pytest -s -q \
-	  tests/reliability/test_fuzz_api.py tests/reliability/test_validator_properties.py $(PYTEST_ARGS)
+	  tests/reliability/test_fuzz_api.py tests/reliability/test_validator_properties.py \
+	  tests/reliability/test_sampling_properties.py $(PYTEST_ARGS)

@@ -59,6 +59,7 @@ PLACEHOLDERS = {
 }
 OWNED_PARAMS = ("file_id", "batch_id", "webhook_endpoint_id")
 LOGIN_URLS = ("/accounts/login/", "/admin/login/")
+_PARAM = re.compile(r"\(\?P<(\w+)>|<(?:\w+:)?(\w+)>")
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,8 @@ class Route:
 
     @property
     def params(self) -> list[str]:
-        return re.findall(r"\(\?P<(\w+)>|<(?:\w+:)?(\w+)>", self.template) and [
-            a or b for a, b in re.findall(r"\(\?P<(\w+)>|<(?:\w+:)?(\w+)>", self.template)
-        ]
+        """Names of the route's parameters: regex groups (?P<name>…) and <converter:name>."""
+        return [group or converter for group, converter in _PARAM.findall(self.template)]
 
     def url(self, values: dict[str, str]) -> str:
         return "/" + _fill(self.template, values)

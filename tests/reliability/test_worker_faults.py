@@ -18,7 +18,7 @@ from django.test import override_settings
 
 from batches.models import Batch, BatchEvent, File
 from inference import services
-from inference.models import BatchChunk
+from inference.models import BatchChunk, Worker
 from tests.conftest import chat_line
 from tests.inference.test_batch_run import FakeEngine, engine, make_batch, worker
 
@@ -203,3 +203,49 @@ def test_files_of_a_finalization_killed_midway_are_replaced_not_duplicated(
     assert set(outputs) == {finalized.output_file, finalized.error_file}
     assert read_ids(finalized.output_file) == ["a"]
     assert read_ids(finalized.error_file) == ["b"]
+
+
+# --- Several workers --------------------------------------------------------------------------
+
+
+def test_the_lease_is_renewed_while_the_model_loads(
+    owner: User,
+    engine: FakeEngine,
+    worker: services.WorkerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    # The heartbeat renews the lease of the worker's current batch: a load that outlasts the
+    # lease must not let another worker take the batch (and load the model once more).
+    from inference import engine as engine_module
+
+    batch = make_batch(owner, [chat_line("a")])
+    current_during_load = []
+
+    def load(registered: Any) -> FakeEngine:
+        current_during_load.append(Worker.objects.get(name=worker.name).current_batch_id)
+        return engine
+
+    monkeypatch.setattr(engine_module, "engine_get", load)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.batches_run(worker=worker, budget_seconds=60)
+
+    assert current_during_load == [batch.id]
+
+
+def test_a_worker_that_takes_a_batch_while_others_wait_wakes_another_worker(
+    owner: User,
+    engine: FakeEngine,
+    worker: services.WorkerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    for name in ("first", "second"):
+        make_batch(owner, [chat_line(name)])
+    wakes: list[int] = []
+    monkeypatch.setattr(services, "workers_wake", lambda: wakes.append(1))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.batches_run(worker=worker, budget_seconds=60) == 2
+
+    assert wakes == [1], "one wake-up, when the first batch was taken and the second waited"
