@@ -22,18 +22,18 @@ from batches.events import batch_event_record
 from batches.handlers import handlers_dispatch
 from batches.models import ApiKey, Batch, File
 from batches.validation import iter_lines, validate_lines
+from batchsite.env import duration_seconds
 
 logger = logging.getLogger(__name__)
 
-COMPLETION_WINDOW_SECONDS = {"24h": 24 * 3600}
-
 
 def completion_window_seconds(window: str) -> int:
-    """'24h' -> 86400; other windows (``<n>h``, ``<n>d``) only when settings allow them."""
-    if window in COMPLETION_WINDOW_SECONDS:
-        return COMPLETION_WINDOW_SECONDS[window]
-    number, unit = window[:-1], window[-1:]
-    return int(number) * {"h": 3600, "d": 86400, "m": 60}[unit]
+    """'24h' -> 86400, '2d' -> 172800, '90m' -> 5400: any window settings can hold."""
+    seconds = duration_seconds(window)
+    # Settings refuse a malformed window at start-up and the serializer accepts only those.
+    if seconds is None:
+        raise ValueError(f"Completion window {window!r} is not <positive integer><m|h|d>.")
+    return seconds
 
 
 # --- API keys ---------------------------------------------------------------------------------
@@ -122,7 +122,13 @@ def file_create_generated(
 
 
 def file_delete(*, file: File) -> None:
-    readers = Batch.objects.active().filter(input_file_id=file.id).values_list("id", flat=True)
+    # Only the owner's batches can read the file: another owner may name this id in a batch
+    # (validation fails it later), and must neither block the delete nor see its id leaked.
+    readers = (
+        Batch.objects.active()
+        .filter(input_file_id=file.id, owner_id=file.owner_id)
+        .values_list("id", flat=True)
+    )
     reader = next(iter(readers[:1]), None)
     if reader is not None:
         raise ConflictError(

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import msgspec
+
 ENDPOINT_INPUT_FIELD = {
     "/v1/chat/completions": ("messages", "Messages"),
     "/v1/completions": ("prompt", "Prompt"),
@@ -73,10 +75,14 @@ def iter_lines(stream: Readable, *, chunk_size: int = 1 << 20) -> Iterator[bytes
     pending: list[bytes] = []
     while block := stream.read(chunk_size):
         start = 0
-        while (end := block.find(b"\n", start)) != -1:
-            pending.append(block[start:end])
+        if pending and (end := block.find(b"\n")) != -1:
+            # The end of a line that began in an earlier block.
+            pending.append(block[:end])
             yield b"".join(pending)
             pending.clear()
+            start = end + 1
+        while (end := block.find(b"\n", start)) != -1:
+            yield block[start:end]
             start = end + 1
         if start < len(block):
             pending.append(block[start:])
@@ -84,11 +90,16 @@ def iter_lines(stream: Readable, *, chunk_size: int = 1 << 20) -> Iterator[bytes
         yield b"".join(pending)
 
 
+# Every byte but the opening brackets: deleting them leaves only the brackets to count.
+_ALL_BUT_OPENING_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[{")
+
+
 def _too_deep(raw: bytes) -> bool:
     # A cheap bound on nesting, counted outside strings, so hostile files cannot blow the stack.
-    # A line with fewer opening brackets than the limit cannot nest deeper: bytes.count runs at
-    # C speed, while the byte loop below cost 40x a json.loads per line (manage.py bench).
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+    # A line with fewer opening brackets than the limit cannot nest deeper. Counted in one pass
+    # at C speed (translate: half the time of two bytes.count, which were a third of all
+    # validation in manage.py bench), while the byte loop below cost 40x a json.loads per line.
+    if len(raw.translate(None, _ALL_BUT_OPENING_BRACKETS)) <= MAX_JSON_DEPTH:
         return False
     depth = 0
     in_string = False
@@ -117,11 +128,22 @@ def _not_json_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DIGEST_BYTES = 16
+
+
 def custom_id_key(custom_id: str) -> bytes:
-    # NFC first: two ids that differ only in Unicode normalization look the same to every person
-    # and most tools that join on them, so they count as duplicates.
-    normalized = unicodedata.normalize("NFC", custom_id)
-    return hashlib.blake2b(normalized.encode(), digest_size=16).digest()
+    """What duplicates are found by: at most 16 bytes per id, whatever its length.
+
+    NFC first: two ids that differ only in Unicode normalization look the same to every person
+    and most tools that join on them, so they count as duplicates (ASCII is NFC already). Ids
+    shorter than a digest are their own key, which costs no more memory than their digest
+    (keys of either kind cannot collide: their lengths differ); longer ones are hashed.
+    """
+    normalized = custom_id if custom_id.isascii() else unicodedata.normalize("NFC", custom_id)
+    encoded = normalized.encode()
+    if len(encoded) < _DIGEST_BYTES:
+        return encoded
+    return hashlib.blake2b(encoded, digest_size=_DIGEST_BYTES).digest()
 
 
 class _Collector:
@@ -136,6 +158,55 @@ class _Collector:
     def add(self, code: str, message: str, *, param: str | None, line: int | None) -> None:
         if not self.full:
             self.errors.append(LineError(code=code, message=message, param=param, line=line))
+
+
+# What the parsers below return for a line that is not a JSON document.
+_UNPARSED = object()
+_strict_decoder = msgspec.json.Decoder()
+
+
+def _strict_loads(raw: bytes) -> Any:
+    """The line's JSON value, or _UNPARSED for anything but plain, valid JSON.
+
+    msgspec refuses what is not JSON (NaN, lone surrogates, bad UTF-8, numbers out of range)
+    and parses the rest to the same values as json.loads, at several times its speed.
+    """
+    if _too_deep(raw):
+        return _UNPARSED
+    try:
+        return _strict_decoder.decode(raw)
+    except (msgspec.MsgspecError, ValueError, RecursionError):  # ValueError: bad UTF-8
+        return _UNPARSED
+
+
+def _parse_with_reason(raw: bytes, *, line: int, errors: _Collector) -> Any:
+    """The slow path for lines msgspec refused: parse again, and report why it fails."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        errors.add(
+            "invalid_request",
+            "This line is not valid UTF-8 text; batch input files must be encoded in UTF-8.",
+            param=None,
+            line=line,
+        )
+        return _UNPARSED
+    if "\x00" in text or _too_deep(raw):
+        errors.add(
+            "invalid_json_line", "This line is not parseable as valid JSON.", param=None, line=line
+        )
+        return _UNPARSED
+    try:
+        request = json.loads(text, parse_constant=_not_json_constant)
+        if _SURROGATE_ESCAPE.search(raw):
+            # A lone escaped surrogate parses, but its string cannot be written as UTF-8.
+            json.dumps(request, ensure_ascii=False).encode()
+    except (ValueError, RecursionError):
+        errors.add(
+            "invalid_json_line", "This line is not parseable as valid JSON.", param=None, line=line
+        )
+        return _UNPARSED
+    return request
 
 
 def validate_lines(
@@ -172,37 +243,13 @@ def validate_lines(
                 param=None,
                 line=number,
             )
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            errors.add(
-                "invalid_request",
-                "This line is not valid UTF-8 text; batch input files must be encoded in UTF-8.",
-                param=None,
-                line=number,
-            )
-            continue
-        if "\x00" in text or _too_deep(raw):
-            errors.add(
-                "invalid_json_line",
-                "This line is not parseable as valid JSON.",
-                param=None,
-                line=number,
-            )
-            continue
-        try:
-            request = json.loads(text, parse_constant=_not_json_constant)
-            if _SURROGATE_ESCAPE.search(raw):
-                # A lone escaped surrogate parses, but its string cannot be written as UTF-8.
-                json.dumps(request, ensure_ascii=False).encode()
-        except (ValueError, RecursionError):
-            errors.add(
-                "invalid_json_line",
-                "This line is not parseable as valid JSON.",
-                param=None,
-                line=number,
-            )
-            continue
+        # Strict JSON at C speed for the lines that are fine; a line it refuses goes through the
+        # checks below, which say what exactly is wrong with it.
+        request = _strict_loads(raw)
+        if request is _UNPARSED:
+            request = _parse_with_reason(raw, line=number, errors=errors)
+            if request is _UNPARSED:
+                continue
         if not isinstance(request, dict):
             errors.add(
                 "invalid_request",

@@ -62,7 +62,8 @@ from batchsite.logging import log_context
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPE_BY_STATUS = {
+# Keyed by str, as Batch.status is typed: the Status members are str values themselves.
+EVENT_TYPE_BY_STATUS: dict[str, WebhookEventType] = {
     Batch.Status.COMPLETED: WebhookEventType.BATCH_COMPLETED,
     Batch.Status.FAILED: WebhookEventType.BATCH_FAILED,
     Batch.Status.EXPIRED: WebhookEventType.BATCH_EXPIRED,
@@ -169,7 +170,7 @@ def event_payload(*, batch: Batch, event_type: str) -> bytes:
 
 def handle_batch_terminal(batch: Batch) -> None:
     """Result handler: queue this batch's event for each endpoint of its owner that wants it."""
-    event_type = EVENT_TYPE_BY_STATUS.get(batch.status)  # type: ignore[call-overload]
+    event_type = EVENT_TYPE_BY_STATUS.get(batch.status)
     if event_type is None:
         return
     event_id = event_id_for(batch.id, event_type)

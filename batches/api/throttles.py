@@ -5,9 +5,8 @@ Both answer as OpenAI does when a limit is hit: HTTP 429, ``{"error": {"message"
 limits through DRF's Throttled and the exception handler in batches.api.errors).
 
 Rates come from ``settings.API_RATE_LIMITS`` (``"60/min"``, ``"1000/hour"``…; empty = no limit)
-and are counted in Django's cache. The default cache lives in each process: with several web
-processes, configure a shared ``CACHES["default"]`` (Redis, Memcached, or the database cache)
-so the limit holds across them.
+and are counted in the ``throttle`` cache: Django's database cache, so the limit holds across
+every web process and machine on the shared database.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import caches
 from django.db.models import F, Sum
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
@@ -26,6 +26,8 @@ from batches.models import ApiKey, Batch
 
 class _PerKeyCreateThrottle(SimpleRateThrottle):
     """Counts a view's ``create`` calls per API key (per user for a browser session)."""
+
+    cache = caches["throttle"]
 
     def get_rate(self) -> str | None:
         # Views build their throttles per request, so the setting is read each time (not frozen
@@ -40,7 +42,8 @@ class _PerKeyCreateThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request: Request, view: APIView) -> str | None:
         if isinstance(request.auth, ApiKey):
-            ident = f"key-{request.auth.pk}"
+            # The prefix, not the row id: ids can be reused, a key's random prefix never is.
+            ident = f"key-{request.auth.prefix}"
         elif request.user is not None and request.user.is_authenticated:
             ident = f"user-{request.user.pk}"
         else:

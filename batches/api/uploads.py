@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.files.uploadhandler import FileUploadHandler
+from django.core.files.uploadhandler import (
+    FileUploadHandler,
+    MemoryFileUploadHandler,
+    TemporaryFileUploadHandler,
+)
 from rest_framework.request import Request
 
 from batches.api.errors import PayloadTooLargeError
@@ -23,8 +27,28 @@ def _too_large(limit: int) -> PayloadTooLargeError:
     )
 
 
+# Django's multipart parser reads uploads in the smallest chunk size of its handlers (64 KiB by
+# default). 1 MiB chunks halved the time of a 200 MB upload (manage.py bench's ingest); 4 MiB
+# ones were slower again. Memory per upload stays about one chunk.
+UPLOAD_CHUNK_BYTES = 1 << 20
+
+
+class MemoryUploadHandler(MemoryFileUploadHandler):
+    """Django's handler for small uploads (up to FILE_UPLOAD_MAX_MEMORY_SIZE), in 1 MiB chunks."""
+
+    chunk_size = UPLOAD_CHUNK_BYTES
+
+
+class TemporaryUploadHandler(TemporaryFileUploadHandler):
+    """Django's handler that spools an upload to a temporary file, in 1 MiB chunks."""
+
+    chunk_size = UPLOAD_CHUNK_BYTES
+
+
 class UploadSizeLimitHandler(FileUploadHandler):
     """First in the handler chain: counts the bytes as they stream and aborts past the limit."""
+
+    chunk_size = UPLOAD_CHUNK_BYTES
 
     def __init__(self, request: Any, limit: int) -> None:
         super().__init__(request)

@@ -102,9 +102,7 @@ class WebhookEndpointViewSet(viewsets.GenericViewSet[WebhookEndpoint]):
     )
     def list(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset()) or []
-        return self.get_paginated_response(
-            WebhookEndpointSerializer(page, many=True).data  # type: ignore[arg-type]
-        )
+        return self.get_paginated_response(self.get_serializer(page, many=True).data)
 
     @extend_schema(
         operation_id="createWebhookEndpoint",

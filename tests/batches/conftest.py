@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from django.conf import LazySettings
 from django.contrib.auth.models import User
-from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -25,12 +24,6 @@ def private_storage(settings: LazySettings, tmp_path: Path) -> Path:
     root = tmp_path / "files"
     settings.MEDIA_ROOT = str(root)
     return root
-
-
-@pytest.fixture(autouse=True)
-def fresh_rate_limits() -> None:
-    # Per-key rate limits count in the cache, which outlives a test (and keys' ids repeat).
-    cache.clear()
 
 
 @pytest.fixture(autouse=True)

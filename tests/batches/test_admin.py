@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pytest
 from django.contrib.auth.models import User
@@ -12,6 +13,10 @@ from rest_framework.test import APIClient
 
 from batches.models import ApiKey, Batch, File
 from inference.models import RegisteredModel
+
+if TYPE_CHECKING:
+    # What the test client returns, as the stubs name it (the class exists only in the stubs).
+    from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse
 
 pytestmark = pytest.mark.django_db
 
@@ -27,8 +32,8 @@ def admin(client: Client, operator: User) -> Client:
     return client
 
 
-def messages_of(response: object) -> list[str]:
-    return [str(message) for message in get_messages(response.wsgi_request)]  # type: ignore[attr-defined]
+def messages_of(response: TestResponse) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
 
 
 def test_an_operator_logs_in_through_the_admin_login_page(client: Client, operator: User) -> None:

@@ -15,6 +15,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from batches import services
+from batches.auth import verified_keys_forget
 from batches.models import ApiKey, Batch, File
 from tests.batches.conftest import upload
 
@@ -57,7 +58,8 @@ def call(client: APIClient | Client, method: str, path: str, ids: dict[str, str]
 def error_of(response: Any, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.content
     body: dict[str, Any] = response.json()
-    return body["error"]  # type: ignore[no-any-return]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 @pytest.mark.parametrize(("method", "path"), ROUTES)
@@ -176,6 +178,42 @@ def test_revoking_twice_keeps_the_first_revocation_time(owner_key: str) -> None:
     assert not key.is_active
 
 
+def test_a_verified_key_is_trusted_for_a_while_without_a_query(
+    api: APIClient, owner_key: str, django_assert_num_queries: Callable[..., Any]
+) -> None:
+    assert api.get("/v1/models").status_code == 200
+
+    with django_assert_num_queries(1):  # the models, not the key
+        assert api.get("/v1/models").status_code == 200
+
+
+def test_a_revocation_made_elsewhere_takes_effect_within_the_cache_time(
+    api: APIClient, owner_key: str, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.API_KEY_CACHE_SECONDS = 10
+    now = [1000.0]
+    monkeypatch.setattr("batches.auth.time.monotonic", lambda: now[0])
+    assert api.get("/v1/files").status_code == 200
+    # Another process revokes the key: no signal reaches this one.
+    ApiKey.objects.update(revoked_at=timezone.now())
+
+    now[0] += 9
+    assert api.get("/v1/files").status_code == 200
+    now[0] += 2
+    assert error_of(api.get("/v1/files"), 401)["code"] == "invalid_api_key"
+
+
+def test_with_no_cache_time_every_request_reads_the_key(
+    api: APIClient, owner_key: str, settings: Any
+) -> None:
+    settings.API_KEY_CACHE_SECONDS = 0
+    assert api.get("/v1/files").status_code == 200
+
+    ApiKey.objects.update(revoked_at=timezone.now())
+
+    assert error_of(api.get("/v1/files"), 401)["code"] == "invalid_api_key"
+
+
 def test_the_key_of_a_deactivated_user_is_401(api: APIClient, owner: User) -> None:
     owner.is_active = False
     owner.save()
@@ -225,8 +263,10 @@ def test_it_records_when_a_key_was_last_used_at_most_once_a_minute(
     assert ApiKey.objects.get().last_used_at == first
 
     ApiKey.objects.update(last_used_at=timezone.now() - timedelta(minutes=5))
+    verified_keys_forget()  # as after API_KEY_CACHE_SECONDS: the row is read again
     api.get("/v1/files")
-    assert ApiKey.objects.get().last_used_at > first  # type: ignore[operator]
+    last_used = ApiKey.objects.get().last_used_at
+    assert last_used is not None and last_used > first
 
 
 # --- The schema and its Swagger UI also accept a logged-in session ------------------------

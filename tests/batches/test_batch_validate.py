@@ -16,7 +16,7 @@ from django_q.models import OrmQ
 
 from batches import services, tasks
 from batches.models import Batch, File
-from batches.validation import iter_lines
+from batches.validation import custom_id_key, iter_lines
 from inference.models import RegisteredModel
 from tests.batches.conftest import jsonl
 from tests.conftest import chat_line
@@ -46,7 +46,8 @@ def errors_of(batch: Batch) -> list[dict[str, Any]]:
     assert batch.status == Batch.Status.FAILED
     assert batch.failed_at is not None
     assert batch.errors is not None and batch.errors["object"] == "list"
-    return batch.errors["data"]  # type: ignore[no-any-return]
+    data: list[dict[str, Any]] = batch.errors["data"]
+    return data
 
 
 def only_error(batch: Batch) -> dict[str, Any]:
@@ -448,6 +449,18 @@ def test_iter_lines_splits_the_same_whatever_the_read_size(chunk_size: int) -> N
 
 def test_iter_lines_yields_nothing_for_an_empty_stream() -> None:
     assert list(iter_lines(io.BytesIO(b""))) == []
+
+
+def test_duplicate_keys_are_at_most_16_bytes_and_short_and_long_ids_never_collide() -> None:
+    short = "request-1"
+    long_id = "a-custom-id-longer-than-a-digest"
+    assert custom_id_key(short) == short.encode()
+    assert len(custom_id_key(long_id)) == 16 and custom_id_key(long_id) != long_id.encode()
+    # An id of exactly a digest's length is hashed too, so it can never equal another's digest.
+    assert custom_id_key("x" * 16) != b"x" * 16
+    # Equal once normalized: NFC of a decomposed "é" (e + combining acute) is the composed one.
+    assert custom_id_key("caf\u00e9") == custom_id_key("cafe\u0301")
+    assert custom_id_key("caf\u00e9" * 9) == custom_id_key("cafe\u0301" * 9)
 
 
 def _peak_validation_bytes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -11,8 +12,10 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 from django_q.models import OrmQ
+from rest_framework import serializers
 from rest_framework.test import APIClient
 
+from batches.api.serializers import BatchObjectSerializer, batch_object
 from batches.models import Batch
 from inference.models import BatchChunk
 
@@ -30,7 +33,8 @@ def error_of(response: Any, status: int = 400) -> dict[str, Any]:
     body: dict[str, Any] = response.json()
     assert set(body) == {"error"}
     assert set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]  # type: ignore[no-any-return]
+    error: dict[str, Any] = body["error"]
+    return error
 
 
 def create(api: APIClient, **fields: Any) -> Any:
@@ -233,6 +237,26 @@ def test_it_answers_a_body_that_is_not_json_in_the_error_envelope(api: APIClient
 # --- GET /v1/batches/{id} and GET /v1/batches -----------------------------------------------
 
 
+@pytest.mark.parametrize("accept", ["text/html", "accept;", "image/*;q=x", ""])
+def test_it_answers_json_whatever_the_accept_header_says(api: APIClient, accept: str) -> None:
+    # OpenAI's API answers JSON to any Accept; a 406 was what schemathesis found here.
+    created = create(api).json()
+
+    response = api.get(f"/v1/batches/{created['id']}", HTTP_ACCEPT=accept)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["id"] == created["id"]
+
+
+def test_an_unknown_format_parameter_is_still_not_found(api: APIClient) -> None:
+    created = create(api).json()
+
+    response = api.get(f"/v1/batches/{created['id']}?format=xml")
+
+    assert response.status_code == 404
+
+
 def test_it_retrieves_a_batch(api: APIClient) -> None:
     created = create(api).json()
 
@@ -259,6 +283,39 @@ def test_it_shows_errors_model_and_counts_once_known(
     assert parsed.request_counts is not None and parsed.request_counts.total == 4
     assert parsed.usage is not None and parsed.usage.total_tokens == 7
     assert parsed.failed_at is not None
+
+
+@pytest.mark.parametrize("status", [s for s, _ in Batch.Status.choices])
+def test_the_batch_object_matches_the_declared_serializer_fields(
+    make_batch: Callable[..., Batch], status: str
+) -> None:
+    # GET /v1/batches/{id} builds its answer by hand (batch_object); the OpenAPI schema comes
+    # from BatchObjectSerializer's declared fields. The two must say the same thing.
+    errors = {
+        "object": "list",
+        "data": [{"code": "invalid_url", "message": "m", "param": "url", "line": 3}],
+    }
+    batch = make_batch(
+        status,
+        errors=errors if status == "failed" else None,
+        model="tiny-chat" if status != "validating" else "",
+        metadata={"k": "v"},
+        request_total=9,
+        request_completed=5,
+        request_failed=1,
+        input_tokens=11,
+        cached_tokens=2,
+        output_tokens=13,
+        reasoning_tokens=1,
+        expires_at=timezone.now(),
+    )
+    batch.refresh_from_db()
+    serializer = BatchObjectSerializer(batch)
+
+    declared = serializers.Serializer.to_representation(serializer, batch)
+
+    assert batch_object(batch) == json.loads(json.dumps(declared))
+    assert serializer.data == batch_object(batch)
 
 
 def test_it_answers_404_for_an_unknown_batch(api: APIClient) -> None:

@@ -180,6 +180,7 @@ def test_the_sdk_gets_typed_errors_with_param_and_code(sdk: openai.OpenAI) -> No
     with pytest.raises(openai.BadRequestError) as bad_endpoint:
         sdk.batches.create(
             input_file_id="file-x",
+            # Not one of the SDK's endpoint literals, on purpose: the server's 400 is under test.
             endpoint="/v1/x",  # type: ignore[arg-type]
             completion_window="24h",
         )
@@ -187,6 +188,7 @@ def test_the_sdk_gets_typed_errors_with_param_and_code(sdk: openai.OpenAI) -> No
         sdk.batches.create(
             input_file_id="file-x",
             endpoint="/v1/embeddings",
+            # The SDK's type allows only "24h"; 48h is sent to see the server refuse it.
             completion_window="48h",  # type: ignore[arg-type]
         )
     with pytest.raises(openai.BadRequestError) as bad_metadata:
@@ -194,6 +196,7 @@ def test_the_sdk_gets_typed_errors_with_param_and_code(sdk: openai.OpenAI) -> No
             input_file_id="file-x",
             endpoint="/v1/embeddings",
             completion_window="24h",
+            # Metadata values are strings to the SDK; a list is sent to see the server refuse it.
             metadata={"tags": ["a"]},  # type: ignore[dict-item]
         )
     with pytest.raises(openai.NotFoundError) as unknown:

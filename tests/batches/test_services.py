@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
 from django.test import override_settings
 from django.utils import timezone
 from django_q.models import OrmQ
@@ -122,6 +123,36 @@ def test_usage_totals_input_and_output_tokens(make_batch: MakeBatch) -> None:
     batch = make_batch("completed", input_tokens=10, output_tokens=5)
 
     assert batch.total_tokens == 15
+
+
+@pytest.mark.parametrize(
+    ("changes", "constraint"),
+    [
+        ({"status": "paused"}, "batch_status_valid"),
+        ({"request_total": 2, "request_failed": 1, "request_completed": 2}, "batch_request_counts"),
+        ({"output_tokens": -1}, "batch_tokens_non_negative"),
+    ],
+)
+def test_the_database_refuses_a_batch_that_breaks_a_named_constraint(
+    make_batch: MakeBatch, changes: dict[str, Any], constraint: str
+) -> None:
+    batch = make_batch("in_progress")
+
+    with pytest.raises(IntegrityError, match=constraint), transaction.atomic():
+        Batch.objects.filter(pk=batch.pk).update(**changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "constraint"),
+    [({"bytes": -1}, "file_bytes_non_negative"), ({"purpose": "x"}, "file_purpose_valid")],
+)
+def test_the_database_refuses_a_file_that_breaks_a_named_constraint(
+    owner: User, changes: dict[str, Any], constraint: str
+) -> None:
+    file = File.objects.create(owner=owner, purpose="batch", filename="a")
+
+    with pytest.raises(IntegrityError, match=constraint), transaction.atomic():
+        File.objects.filter(pk=file.pk).update(**changes)
 
 
 def test_expired_files_are_those_past_their_expiry(owner: User) -> None:

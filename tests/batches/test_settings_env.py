@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from batches import services
 from batchsite.env import (
     database_from_url,
     env_bool,
+    env_durations,
     env_float,
     env_int,
     env_list,
@@ -97,6 +103,59 @@ def test_lists_are_comma_separated_without_blanks(monkeypatch: pytest.MonkeyPatc
     set_value(monkeypatch, " 24h, ,72h ,")
 
     assert env_list("BATCH_TEST_VALUE", []) == ["24h", "72h"]
+
+
+# --- BATCH_COMPLETION_WINDOWS ---------------------------------------------------------------
+
+
+def test_durations_are_kept_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_value(monkeypatch, " 24h, 90m ,7d")
+
+    assert env_durations("BATCH_TEST_VALUE", ["24h"]) == ["24h", "90m", "7d"]
+
+
+@pytest.mark.parametrize("raw", ["2w", "h", "24", "0h", "024h", "-1d", "1.5h", "24H", "367d"])
+def test_a_malformed_duration_stops_start_up(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    set_value(monkeypatch, f"24h,{raw}")
+
+    with pytest.raises(ImproperlyConfigured, match=rf"<positive integer><m\|h\|d>.*got '{raw}'"):
+        env_durations("BATCH_TEST_VALUE", ["24h"])
+
+
+def test_an_empty_list_of_durations_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_value(monkeypatch, " , ")
+
+    with pytest.raises(ImproperlyConfigured, match="must name at least one duration"):
+        env_durations("BATCH_TEST_VALUE", ["24h"])
+
+
+def test_settings_refuse_a_malformed_completion_window_at_start_up() -> None:
+    environment = {**os.environ, "BATCH_COMPLETION_WINDOWS": "24h,2w"}
+    environment.pop("DJANGO_SETTINGS_MODULE", None)
+
+    # A fresh interpreter: these settings are read once, at import.
+    result = subprocess.run(
+        [sys.executable, "-c", "import batchsite.settings"],
+        cwd=settings.BASE_DIR,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: BATCH_COMPLETION_WINDOWS must be durations" in result.stderr
+
+
+@pytest.mark.parametrize("window", ["1m", "90m", "24h", "72h", "2d", "366d", "8784h"])
+def test_every_window_settings_accept_has_a_length_in_seconds(
+    monkeypatch: pytest.MonkeyPatch, window: str
+) -> None:
+    set_value(monkeypatch, window)
+
+    (accepted,) = env_durations("BATCH_TEST_VALUE", ["24h"])
+
+    assert services.completion_window_seconds(accepted) > 0
 
 
 # --- DATABASE_URL ---------------------------------------------------------------------------

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.cache import caches
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.test import Client
 from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
 from batches.api.throttles import queued_requests_error
+from batches.auth import verified_keys_forget
 from batches.models import Batch
 
 pytestmark = pytest.mark.django_db
@@ -48,6 +51,19 @@ def test_uploads_past_the_rate_get_openais_429(
     # Reading is not limited, and the limit is per key.
     assert api.get("/v1/files").status_code == 200
     assert upload(other_api) == 200
+
+
+def test_the_count_is_shared_by_every_web_process(api: APIClient, settings: Settings) -> None:
+    settings.API_RATE_LIMITS = {"uploads": "1/minute", "batch_creates": ""}
+    assert upload(api) == 200
+    # Another web process has none of this one's memory, only the same database.
+    caches["default"].clear()
+    verified_keys_forget()
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) FROM batch_throttle_cache")
+        assert cursor.fetchone() == (1,)
+    assert upload(api) == 429
 
 
 def test_batch_creation_past_the_rate_gets_openais_429(api: APIClient, settings: Settings) -> None:

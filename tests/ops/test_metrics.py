@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,12 +19,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_django.fixtures import Settings
 from rest_framework.test import APIClient
 
-from batches.models import Batch
+from batches import webhooks
+from batches.models import Batch, WebhookDelivery, WebhookEndpoint
+from batchsite.metrics import _route_pattern
 from inference.models import BatchChunk, Worker
+from tests.ops.conftest import Receiver
 
 pytestmark = pytest.mark.django_db
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "batchsite" / "grafana_dashboard.json"
+BASE_DIR = Path(__file__).resolve().parents[2]
+DASHBOARD = BASE_DIR / "batchsite" / "grafana_dashboard.json"
+# What one gunicorn worker does: count requests with the web process's own counter.
+COUNT_REQUESTS = """
+import sys
+from batchsite.metrics import HTTP_REQUESTS
+HTTP_REQUESTS.labels("/v1/batches", "GET", "200").inc(int(sys.argv[1]))
+"""
 
 
 def scrape(client: Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -102,7 +115,7 @@ def test_http_requests_are_labelled_by_route_pattern_not_by_id(
     }
     assert not any("does_not_exist" in (route or "") for route in routes)
     detail = [r for r in routes if r and r.startswith("/v1/batches/") and "cancel" not in r]
-    assert len(detail) == 1
+    assert detail == ["/v1/batches/{batch_id}"]
     assert (
         value(
             samples, "batchserver_http_requests_total", route=detail[0], method="GET", status="404"
@@ -217,3 +230,77 @@ def test_metrics_ask_for_the_token_when_one_is_set(client: Client, settings: Set
     settings.METRICS_TOKEN = "scrape-secret"
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200
+
+
+def test_metrics_sum_the_counts_of_every_web_process(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two workers of one gunicorn, as batchsite/gunicorn.py sets them up: a shared directory.
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for count in ("3", "4"):
+        subprocess.run(
+            [sys.executable, "-c", COUNT_REQUESTS, count], env=env, cwd=BASE_DIR, check=True
+        )
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+
+    text = client.get("/metrics").content.decode()
+    samples = scrape(client)
+
+    assert (
+        value(
+            samples,
+            "batchserver_http_requests_total",
+            route="/v1/batches",
+            method="GET",
+            status="200",
+        )
+        == 7
+    )
+    assert text.count("# TYPE batchserver_database_up gauge") == 1
+    assert text.count("# TYPE batchserver_batches gauge") == 1
+
+
+def test_webhook_attempts_never_go_down_as_a_delivery_moves_on(
+    client: Client, owner: User, receiver: Receiver, settings: Settings
+) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = True  # the receiver listens on 127.0.0.1
+    endpoint = WebhookEndpoint.objects.create(
+        owner=owner, url=receiver.url, event_types=["batch.completed"]
+    )
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint,
+        batch_id="batch_gone",
+        event_id="evt_metrics",
+        event_type="batch.completed",
+        payload=b"{}",
+    )
+    receiver.statuses = [503]
+
+    seen = []
+    for expected_status in (WebhookDelivery.Status.RETRYING, WebhookDelivery.Status.DELIVERED):
+        assert webhooks.webhook_deliver(delivery.pk) == expected_status
+        samples = scrape(client)
+        seen.append(
+            {
+                outcome: value(
+                    samples, "batchserver_webhook_delivery_attempts_total", outcome=outcome
+                )
+                for outcome in ("delivered", "error")
+            }
+        )
+
+    assert seen == [{"delivered": 0, "error": 1}, {"delivered": 1, "error": 1}]
+
+
+@pytest.mark.parametrize(
+    ("route", "label"),
+    [
+        ("v1/^batches/(?P<batch_id>[^/.]+)$", "/v1/batches/{batch_id}"),
+        ("v1/^batches/(?P<batch_id>[^/.]+)/cancel$", "/v1/batches/{batch_id}/cancel"),
+        ("v1/files/<str:file_id>/content", "/v1/files/{file_id}/content"),
+        ("operator/batches/<batch_id>/", "/operator/batches/{batch_id}/"),
+        ("health", "/health"),
+    ],
+)
+def test_route_labels_read_like_the_api_reference(route: str, label: str) -> None:
+    assert _route_pattern(route) == label

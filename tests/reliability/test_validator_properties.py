@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from batches.validation import iter_lines, validate_lines
+from batches.validation import _UNPARSED, _strict_loads, iter_lines, validate_lines
 
 ENDPOINT = "/v1/chat/completions"
 MODELS = {"tiny-chat"}
@@ -223,3 +223,34 @@ def test_a_file_with_broken_lines_reports_errors_on_exactly_those_lines_in_order
 
     check_well_formed(result, lines=size)
     assert {error.line for error in result.errors} == {index + 1 for index in targets}
+
+
+# --- The fast parser reads what json.loads reads ----------------------------------------------
+
+finite_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@PROPERTY_SETTINGS
+@given(value=finite_json_values, ascii_only=st.booleans())
+def test_the_fast_parser_agrees_with_json_loads_or_leaves_the_line_to_it(
+    value: Any, ascii_only: bool
+) -> None:
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+    parsed = _strict_loads(raw)
+
+    if parsed is _UNPARSED:
+        # Refused (a lone surrogate, an unpaired escape): the slow path decides, as it did.
+        return
+    assert parsed == json.loads(raw)
+    assert json.dumps(parsed, sort_keys=True) == json.dumps(json.loads(raw), sort_keys=True)
