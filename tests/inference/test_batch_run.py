@@ -17,9 +17,11 @@ from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
 from django.utils import timezone
+from django_q.models import Schedule
 
 from batches import services as batch_services
 from batches.models import Batch
+from batchsite.schedules import SCHEDULES
 from inference import services
 from inference.models import BatchChunk, RegisteredModel, Worker
 from tests.conftest import chat_line
@@ -43,8 +45,30 @@ class FakeEngine:
     def __init__(self, model_name: str) -> None:
         self.model_name = model_name
         self.calls: list[list[str]] = []
+        self.started: list[list[str]] = []
+        self.finished: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = []
+        self.aborted: list[list[str]] = []
         self.crash_on_call: int | None = None
         self.before_call: Any = None
+
+    # The worker starts the next chunk while this one's last requests run; here a chunk "runs"
+    # when it is finished, and the chunks that were started but never finished are aborted.
+    def start_chunk(
+        self, endpoint: str, items: list[tuple[str, dict[str, Any]]]
+    ) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+        self.started.append([custom_id for custom_id, _ in items])
+        return endpoint, items
+
+    def wait_until_few_left(self, run: tuple[str, list[tuple[str, dict[str, Any]]]]) -> None:
+        return None
+
+    def finish_chunk(self, run: tuple[str, list[tuple[str, dict[str, Any]]]]) -> list[FakeResult]:
+        self.finished.append(run)
+        return self.run_chunk(*run)
+
+    def abort(self, run: tuple[str, list[tuple[str, dict[str, Any]]]]) -> None:
+        if run not in self.finished:
+            self.aborted.append([custom_id for custom_id, _ in run[1]])
 
     def run_chunk(self, endpoint: str, items: list[tuple[str, dict[str, Any]]]) -> list[FakeResult]:
         self.calls.append([custom_id for custom_id, _ in items])
@@ -131,6 +155,7 @@ def test_it_runs_a_batch_in_chunks_and_assembles_output_in_input_order(
     batch.refresh_from_db()
     assert batch.status == Batch.Status.COMPLETED
     assert [len(call) for call in engine.calls] == [3, 3, 3, 1]
+    assert engine.started == engine.calls and engine.aborted == []
     assert (batch.request_completed, batch.request_failed, batch.request_total) == (9, 1, 10)
     assert (batch.input_tokens, batch.output_tokens) == (27, 18)
     assert batch.completed_at is not None and batch.finalizing_at is not None
@@ -207,8 +232,47 @@ def test_a_cancel_stops_within_one_chunk_and_keeps_finished_results(
     assert batch.status == Batch.Status.CANCELLED
     assert batch.cancelling_at is not None and batch.cancelled_at is not None
     assert len(engine.calls) == 2
+    # The third chunk was already in the engine (started while the second ran): it is taken out.
+    assert engine.aborted == [["r4", "r5"]]
     assert [line["custom_id"] for line in read_lines(batch.output_file)] == ["r0", "r1", "r2", "r3"]
     assert batch.error_file is None
+
+
+@override_settings(BATCH_CHUNK_SIZE=3)
+def test_a_cancelled_batch_waits_for_its_finalization_without_being_claimed_again(
+    owner: User,
+    engine: FakeEngine,
+    worker: services.WorkerHandle,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The CPU cluster is slow to finalize: its task is only recorded here.
+    enqueued: list[str] = []
+    monkeypatch.setattr(services, "finalize_enqueue", enqueued.append)
+    batch = make_batch(owner, [chat_line(f"r{i}") for i in range(10)])
+    engine.before_call = lambda call: (
+        batch_services.batch_cancel(batch=Batch.objects.get(pk=batch.pk)) if call == 1 else None
+    )
+
+    services.batches_run(worker=worker, budget_seconds=5)
+    services.batches_run(worker=worker, budget_seconds=5)
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.CANCELLING
+    assert batch.lease_owner == services.FINALIZATION_LEASE_OWNER
+    assert enqueued == [batch.id]
+    assert batch.events.filter(kind="cancelled").count() == 1
+    assert not services.batches_waiting_on_dead_workers(
+        worker_name=worker.name, since=timezone.now() - timedelta(minutes=1)
+    )
+    assert services.batch_claim_next(worker_name="other:1", loaded_model="") is None
+    # The finalization lease runs out (its task was lost): the sweep enqueues it again.
+    Batch.objects.filter(pk=batch.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.batches_sweep()["finalize"] == 1
+    assert enqueued == [batch.id, batch.id]
+
+    services.batch_finalize(batch_id=batch.id)
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.CANCELLED and batch.lease_owner == ""
 
 
 @override_settings(BATCH_CHUNK_SIZE=2)
@@ -286,19 +350,48 @@ def test_a_live_workers_lease_is_respected_and_a_dead_workers_is_taken(
     owner: User, engine: FakeEngine, worker: services.WorkerHandle
 ) -> None:
     batch = make_batch(owner, [chat_line("a")])
-    Worker.objects.create(name="other:2", host="other", pid=2)
+    looking_since = timezone.now()
+    Worker.objects.create(
+        name="other:2", host="other", pid=2, last_heartbeat_at=looking_since - timedelta(seconds=1)
+    )
     Batch.objects.filter(pk=batch.pk).update(
         lease_owner="other:2", lease_expires_at=timezone.now() + timedelta(minutes=5)
     )
     assert services.batch_claim_next(worker_name=worker.name, loaded_model="") is None
-    assert services.batches_waiting_on_dead_workers(worker_name=worker.name) is False
+    # Its heartbeat is fresh, but it may have been killed a moment ago: worth waiting for ...
+    assert services.batches_waiting_on_dead_workers(worker_name=worker.name, since=looking_since)
+    # ... until it beats again: it is alive, its batch stays its own.
+    Worker.objects.filter(name="other:2").update(last_heartbeat_at=timezone.now())
+    assert not services.batches_waiting_on_dead_workers(
+        worker_name=worker.name, since=looking_since
+    )
+    assert services.batch_claim_next(worker_name=worker.name, loaded_model="") is None
 
     Worker.objects.filter(name="other:2").update(
         last_heartbeat_at=timezone.now() - timedelta(minutes=1)
     )
-    assert services.batches_waiting_on_dead_workers(worker_name=worker.name) is True
+    assert services.batches_waiting_on_dead_workers(worker_name=worker.name, since=looking_since)
     claimed = services.batch_claim_next(worker_name=worker.name, loaded_model="")
     assert claimed is not None and claimed.lease_owner == worker.name
+
+
+@override_settings(WORKER_HEARTBEAT_SECONDS=0.2)
+def test_a_worker_started_right_after_another_was_killed_waits_for_its_batch_and_runs_it(
+    owner: User, engine: FakeEngine, worker: services.WorkerHandle
+) -> None:
+    # CI caught this: the new worker looked while the killed one's last beat was still fresh,
+    # found nothing to claim and stopped, and the batch waited for the sweep.
+    batch = make_batch(owner, [chat_line("a"), chat_line("b")])
+    Worker.objects.create(name="killed:3", host="other", pid=3, last_heartbeat_at=timezone.now())
+    Batch.objects.filter(pk=batch.pk).update(
+        lease_owner="killed:3", lease_expires_at=timezone.now() + timedelta(minutes=5)
+    )
+
+    assert services.batches_run(worker=worker, budget_seconds=30) == 1
+
+    batch.refresh_from_db()
+    assert batch.status == Batch.Status.COMPLETED
+    assert engine.calls == [["a", "b"]]
 
 
 def test_an_expired_lease_is_taken_over(owner: User, worker: services.WorkerHandle) -> None:
@@ -361,8 +454,12 @@ def test_the_pick_order_prefers_cancels_then_deadlines_then_the_loaded_model_the
 
 
 def test_the_sweep_expires_stale_validations_and_finalizes_orphaned_cancels(
-    owner: User, engine: FakeEngine
+    owner: User, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    dispatched: list[str] = []
+    monkeypatch.setattr(
+        services, "handlers_dispatch", lambda *, batch_id: dispatched.append(batch_id)
+    )
     past = timezone.now() - timedelta(seconds=1)
     stale = Batch.objects.create(
         owner=owner, input_file_id="file-x", endpoint="/v1/chat/completions", expires_at=past
@@ -373,8 +470,43 @@ def test_the_sweep_expires_stale_validations_and_finalizes_orphaned_cancels(
     counts = services.batches_sweep()
 
     assert counts["expired"] == 1 and counts["finalize"] == 1
-    assert Batch.objects.get(pk=stale.pk).status == Batch.Status.EXPIRED
+    stale.refresh_from_db()
+    assert stale.status == Batch.Status.EXPIRED and stale.expired_at is not None
     assert Batch.objects.get(pk=cancelling.pk).status == Batch.Status.CANCELLED
+    # Its owner hears of it like of any other end: webhooks and handlers, and the event log.
+    assert sorted(dispatched) == sorted([stale.pk, cancelling.pk])
+    assert stale.events.filter(kind="expired").count() == 1
+    assert services.batches_sweep()["expired"] == 0
+
+
+def test_the_sweep_forgets_workers_silent_for_a_day(db: None) -> None:
+    now = timezone.now()
+    Worker.objects.create(
+        name="old:1", host="old", pid=1, last_heartbeat_at=now - timedelta(days=2)
+    )
+    Worker.objects.create(name="recent:2", host="recent", pid=2, last_heartbeat_at=now)
+
+    assert services.batches_sweep()["workers_pruned"] == 1
+    assert list(Worker.objects.values_list("name", flat=True)) == ["recent:2"]
+
+
+def test_the_sweep_wakes_a_worker_for_a_batch_whose_worker_stopped_heartbeating(
+    owner: User, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    woken: list[bool] = []
+    monkeypatch.setattr(services, "workers_wake", lambda: woken.append(True))
+    batch = make_batch(owner, [chat_line("a")])
+    Worker.objects.create(name="alive:4", host="other", pid=4)
+    Batch.objects.filter(pk=batch.pk).update(
+        lease_owner="alive:4", lease_expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    assert services.batches_sweep()["wake"] == 0 and woken == []
+
+    # Its lease has minutes to run, but its worker is gone: no need to wait for them.
+    Worker.objects.filter(name="alive:4").update(
+        last_heartbeat_at=timezone.now() - timedelta(minutes=1)
+    )
+    assert services.batches_sweep()["wake"] == 1 and woken == [True]
 
 
 def test_a_spent_budget_releases_the_lease_for_the_next_task(
@@ -421,7 +553,49 @@ def test_a_starting_cpu_cluster_resumes_finalizations_left_by_a_killed_one(
     )
     monkeypatch.setattr(Conf, "CLUSTER_NAME", "cpu")
 
+    Schedule.objects.filter(name="inference.sweep").delete()
+
     on_worker_spawn(sender="django_q", proc_name="Process-1")
 
     batch.refresh_from_db()
     assert batch.status == Batch.Status.COMPLETED
+    # Without its sweep nothing would ever expire: a starting CPU cluster puts it back.
+    sweep = Schedule.objects.get(name="inference.sweep")
+    assert (sweep.func, sweep.cluster, sweep.repeats) == ("inference.tasks.sweep", "cpu", -1)
+    assert set(SCHEDULES) <= set(Schedule.objects.values_list("name", flat=True))
+
+
+def test_cpu_workers_spawning_together_leave_one_row_per_schedule() -> None:
+    from batchsite.schedules import schedules_ensure
+
+    schedules_ensure()  # An earlier transactional test's flush may have removed them.
+    # Two workers raced past the existence check and each created the sweep.
+    sweep = Schedule.objects.get(name="inference.sweep")
+    original = sweep.pk
+    sweep.pk = None
+    sweep.save()
+    assert Schedule.objects.filter(name="inference.sweep").count() == 2
+
+    assert schedules_ensure() == []
+
+    assert list(Schedule.objects.filter(name="inference.sweep").values_list("pk", flat=True)) == [
+        original
+    ]
+    assert sorted(Schedule.objects.values_list("name", flat=True)) == sorted(SCHEDULES)
+
+
+def test_a_cpu_cluster_whose_recovery_fails_still_starts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django_q.conf import Conf
+
+    from inference import signals
+
+    monkeypatch.setattr(Conf, "CLUSTER_NAME", "cpu")
+
+    def broken() -> list[str]:
+        raise RuntimeError("schedule table in a state we did not foresee")
+
+    monkeypatch.setattr(signals, "schedules_ensure", broken)
+    signals.on_worker_spawn(sender="django_q", proc_name="Process-1")
+    assert "recovery at start failed" in caplog.text

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,35 @@ def test_it_reports_latency_percentiles_in_milliseconds() -> None:
     assert summary["p99_ms"] == pytest.approx(99)
 
 
+class _Ok(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as the bench's clients expect
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_paced_load_keeps_its_rate_and_times_requests_from_when_they_were_due() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = bench.http_load(
+            port=server.server_address[1], path="/", key="k", clients=4, seconds=1.0, rate=40
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert result.errors == 0
+    assert 30 <= result.requests <= 50  # 40 per second for one second, give or take the edges
+    assert result.summary()["p99_ms"] < 100
+
+
 @pytest.mark.engine
 def test_the_quick_bench_prints_every_measurement_and_ratio(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
@@ -82,6 +113,9 @@ def test_the_quick_bench_prints_every_measurement_and_ratio(tmp_path: Path) -> N
     results = json.loads(output.read_text())
     assert _positive(results["engine"]["seconds"])
     assert results["engine"]["requests"] == results["server"]["requests"]
+    # --quick takes one run of each; the full bench the medians of runs taken in turn.
+    assert results["engine"]["runs_seconds"] == [results["engine"]["seconds"]]
+    assert results["server"]["runs_seconds"] == [results["server"]["seconds"]]
     assert results["server"]["completed"] == results["server"]["requests"]
     for key in ("seconds", "first_request_seconds"):
         assert _positive(results["server"][key])
@@ -90,7 +124,7 @@ def test_the_quick_bench_prints_every_measurement_and_ratio(tmp_path: Path) -> N
     assert results["run_batch"]["three_batches"] is None  # skipped in quick mode
     for key in ("seconds", "upload_seconds", "bare_parse_seconds", "lines", "bytes"):
         assert _positive(results["ingest"][key])
-    for endpoint in ("health", "batch"):
+    for endpoint in ("health", "batch", "batch_half_load", "health_at_that_rate"):
         stats = results["api"][endpoint]
         assert stats["errors"] == 0
         for key in ("requests_per_second", "p50_ms", "p99_ms"):

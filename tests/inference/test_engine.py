@@ -157,6 +157,41 @@ def test_a_seed_reproduces_the_answer(engine: Engine) -> None:
     assert response_body(other)["choices"][0]["message"]["content"] != text
 
 
+def test_a_chunk_started_while_another_finishes_gets_its_own_answers(engine: Engine) -> None:
+    # What the worker does at a chunk boundary: the next chunk goes in while the last requests
+    # of this one run, and each chunk collects exactly its own outputs.
+    body = chat(max_tokens=6, seed=7, ignore_eos=True)
+    (alone,) = engine.run_chunk(CHAT, [("alone", body)])
+    first = engine.start_chunk(CHAT, [(f"a{i}", chat(max_tokens=6, seed=i)) for i in range(300)])
+    engine.wait_until_few_left(first)
+    assert len(first.unfinished) <= engine.max_num_seqs
+    second = engine.start_chunk(CHAT, [(f"b{i}", chat(max_tokens=4, seed=i)) for i in range(5)])
+    second_same = engine.start_chunk(CHAT, [("again", body), ("refused", chat(max_tokens=-1))])
+
+    first_results = engine.finish_chunk(first)
+    second_results = engine.finish_chunk(second)
+    same_results = engine.finish_chunk(second_same)
+
+    assert [r.custom_id for r in first_results] == [f"a{i}" for i in range(300)]
+    assert all(r.ok and r.output_tokens <= 6 for r in first_results)
+    assert [r.custom_id for r in second_results] == [f"b{i}" for i in range(5)]
+    assert all(r.ok and r.output_tokens <= 4 for r in second_results)
+    again, refused = same_results
+    assert again.ok and not refused.ok
+    # Overlapping chunks change nothing in what a request answers.
+    assert response_body(again)["choices"] == response_body(alone)["choices"]
+
+
+def test_an_aborted_chunk_leaves_nothing_behind_for_the_next(engine: Engine) -> None:
+    started = engine.start_chunk(CHAT, [(f"x{i}", chat(max_tokens=32)) for i in range(50)])
+    engine.abort(started)
+
+    results = engine.run_chunk(CHAT, [("next", chat(max_tokens=3))])
+
+    assert [r.custom_id for r in results] == ["next"] and results[0].ok
+    assert not engine._owners and not engine._outputs
+
+
 def test_n_gives_that_many_choices(engine: Engine) -> None:
     result = run_one(engine, chat(max_tokens=4, n=3, ignore_eos=True, seed=5))
 
@@ -324,22 +359,26 @@ def test_an_out_of_vocabulary_logit_bias_fails_its_request_alone(engine: Engine)
 def test_when_vllm_fails_a_whole_call_it_retries_request_by_request(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vllm import LLM
+    engine_class = type(engine._loaded().llm_engine)
+    real = engine_class.step
+    failed: list[int] = []
 
-    real = LLM.wait_for_completion
-    calls: list[int] = []
-
-    def fail_first(self: LLM, *args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        if len(calls) == 1:
+    def fail_first(self: Any) -> Any:
+        if not failed:
+            failed.append(1)
             raise RuntimeError("simulated failure of the whole call")
-        return real(self, *args, **kwargs)
+        return real(self)
 
-    monkeypatch.setattr(LLM, "wait_for_completion", fail_first)
+    monkeypatch.setattr(engine_class, "step", fail_first)
+    ahead = engine.start_chunk(CHAT, [("c", chat(max_tokens=2))])  # the worker's next chunk
     results = engine.run_chunk(CHAT, [("a", chat(max_tokens=3)), ("b", chat(max_tokens=3))])
 
-    assert [result.ok for result in results] == [True, True]
-    assert len(calls) == 3  # the failed call, then one per request
+    assert failed and [result.ok for result in results] == [True, True]
+    assert all(result.output_tokens <= 3 for result in results)
+    # The chunk that was in the engine meanwhile was put back, and still gets its answer.
+    (after,) = engine.finish_chunk(ahead)
+    assert after.custom_id == "c" and after.ok and after.output_tokens <= 2
+    assert not engine._owners and not engine._outputs
 
 
 def test_an_unknown_endpoint_fails_every_request(engine: Engine) -> None:

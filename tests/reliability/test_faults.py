@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -37,7 +36,7 @@ from batches import services as batch_services
 from batches.models import Batch, File
 from inference import services
 from inference.models import BatchChunk, Worker
-from tests.e2e.conftest import ROOT, Cluster, cluster_env, wait_for
+from tests.e2e.conftest import Cluster, cluster_env, wait_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.django_db(transaction=True)]
 __all__ = ["cluster_env"]  # the e2e fixture, used here too
@@ -49,18 +48,7 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 class FaultyCluster(Cluster):
     """A qcluster started through tests.reliability.faulty_qcluster (a fault point, or none)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self.log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability.faulty_qcluster"],
-            cwd=ROOT,
-            env={**env, "Q_CLUSTER_NAME": name},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = ("-m", "tests.reliability.faulty_qcluster")
 
 
 @pytest.fixture
