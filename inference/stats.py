@@ -105,6 +105,11 @@ class WaitingBatch:
     # Seconds from now until a worker should reach it; None while a model's speed is unknown.
     starts_in_seconds: float | None
 
+    @property
+    def requests_left(self) -> int:
+        """Requests not yet run: a batch whose worker died part-way waits again with less to do."""
+        return _remaining(self.batch)
+
 
 @dataclass(frozen=True)
 class QueueSnapshot:
@@ -219,6 +224,8 @@ class ThroughputPoint:
     at: datetime
     tokens_per_second: float
     requests: int
+    # The span of time the point sums up, starting at `at`: an hour, or a day for long spans.
+    bucket: timedelta = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -277,7 +284,8 @@ def throughput_series(chunks: QuerySet[BatchChunk]) -> list[ThroughputPoint]:
     span = chunks.aggregate(first=Min("created_at"), last=Max("created_at"))
     if span["first"] is None:
         return []
-    trunc: Any = TruncHour if span["last"] - span["first"] <= timedelta(days=3) else TruncDay
+    hourly = span["last"] - span["first"] <= timedelta(days=3)
+    trunc: Any = TruncHour if hourly else TruncDay
     rows = (
         chunks.annotate(bucket=trunc("created_at"))
         .values("bucket")
@@ -295,6 +303,7 @@ def throughput_series(chunks: QuerySet[BatchChunk]) -> list[ThroughputPoint]:
                 (row["tokens"] or 0) / row["engine_seconds"] if row["engine_seconds"] else 0.0
             ),
             requests=row["requests"] or 0,
+            bucket=timedelta(hours=1) if hourly else timedelta(days=1),
         )
         for row in rows
     ]

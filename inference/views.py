@@ -52,6 +52,11 @@ def batch_detail(request: HttpRequest, batch_id: str) -> HttpResponse:
         "chunks": BatchChunk.objects.filter(batch=batch).order_by("index"),
         "deliveries": WebhookDelivery.objects.filter(batch_id=batch.id).select_related("endpoint"),
     }
+    if getattr(request, "htmx", False) and batch.is_terminal:
+        # The events poll swaps #events' inside, never the element that polls: only HTTP 286
+        # stops it once the batch has ended (it swaps these last events in first).
+        events = TemplateResponse(request, "operator/batch.html#events", context)
+        return HttpResponseStopPolling(events.rendered_content)
     return _render(request, "operator/batch.html", "events", context)
 
 
@@ -154,39 +159,75 @@ def models(request: HttpRequest) -> HttpResponse:
 CHART_WIDTH = 640
 CHART_HEIGHT = 160
 CHART_PAD = 30
+CHART_TICKS = 5
+
+
+@dataclass(frozen=True)
+class Tick:
+    x: float
+    at: datetime
+    anchor: str  # SVG text-anchor: the labels at either end stay inside the chart
 
 
 @dataclass(frozen=True)
 class Chart:
-    points: str
-    peak: float
-    first: datetime | None
-    last: datetime | None
+    # One polyline per run of adjacent buckets: a line across hours without chunks would draw
+    # a speed nothing ran at. A lone point is only a dot.
+    lines: list[str]
     dots: list[tuple[float, float, str]]
+    ticks: list[Tick]
+    tick_format: str  # for the `date` filter
+    peak: float
+    first: datetime
+    last: datetime
+    per: str  # what each point sums up: "hour" or "day"
     width: int = CHART_WIDTH
     height: int = CHART_HEIGHT
     pad: int = CHART_PAD
 
 
 def throughput_chart(series: list[stats.ThroughputPoint]) -> Chart | None:
+    """The series as an SVG line chart, x proportional to time from its first point to its last."""
     if not series:
         return None
     peak = max(p.tokens_per_second for p in series) or 1.0
     inner_w = CHART_WIDTH - 2 * CHART_PAD
     inner_h = CHART_HEIGHT - 2 * CHART_PAD
-    step = inner_w / max(len(series) - 1, 1)
+    first, last = series[0].at, series[-1].at
+    span = last - first
+
+    def x_at(at: datetime) -> float:
+        # A single bucket has no span to spread over: it sits at the left, under its label.
+        share = (at - first) / span if span else 0.0
+        return round(CHART_PAD + inner_w * share, 1)
+
     dots = [
         (
-            round(CHART_PAD + i * step, 1),
+            x_at(p.at),
             round(CHART_HEIGHT - CHART_PAD - inner_h * p.tokens_per_second / peak, 1),
             f"{p.at:%Y-%m-%d %H:%M}: {p.tokens_per_second:.1f} tokens/s, {p.requests} requests",
         )
-        for i, p in enumerate(series)
+        for p in series
     ]
+    runs: list[list[tuple[float, float]]] = []
+    previous: stats.ThroughputPoint | None = None
+    for point, (x, y, _) in zip(series, dots, strict=True):
+        if previous is None or point.at - previous.at > previous.bucket:
+            runs.append([])
+        runs[-1].append((x, y))
+        previous = point
+    if span:
+        times = [first + span * i / (CHART_TICKS - 1) for i in range(CHART_TICKS)]
+        anchors = ["start"] + ["middle"] * (CHART_TICKS - 2) + ["end"]
+    else:
+        times, anchors = [first], ["start"]
     return Chart(
-        points=" ".join(f"{x},{y}" for x, y, _ in dots),
-        peak=peak,
-        first=series[0].at,
-        last=series[-1].at,
+        lines=[" ".join(f"{x},{y}" for x, y in run) for run in runs if len(run) > 1],
         dots=dots,
+        ticks=[Tick(x=x_at(at), at=at, anchor=a) for at, a in zip(times, anchors, strict=True)],
+        tick_format="H:i" if span <= timedelta(days=1) else "m-d H:i",
+        peak=peak,
+        first=first,
+        last=last,
+        per="day" if series[0].bucket >= timedelta(days=1) else "hour",
     )
