@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django import forms
@@ -54,8 +54,11 @@ class ItemFilterForm(forms.Form):
         models = list(
             dict.fromkeys(queue.queue_batches.order_by("position").values_list("model", flat=True))
         )
-        self.fields["model"].choices = [("", "Any model")] + [(m, m) for m in models if m]  # type: ignore[attr-defined]
-        self.fields["question"].choices = [("", "Any question")] + [  # type: ignore[attr-defined]
+        # self.fields holds plain Fields to the type checker; these two are the ChoiceFields above.
+        model_field = cast(forms.ChoiceField, self.fields["model"])
+        model_field.choices = [("", "Any model")] + [(m, m) for m in models if m]
+        question_field = cast(forms.ChoiceField, self.fields["question"])
+        question_field.choices = [("", "Any question")] + [
             (q.key, q.text) for q in queue.schema.questions.all()
         ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.db.models import QuerySet
@@ -41,7 +41,8 @@ class ResponseForm(forms.Form):
     ) -> None:
         super().__init__(data, initial=initial)
         self.questions = questions
-        self.fields["base_output"].choices = [  # type: ignore[attr-defined]
+        # self.fields holds plain Fields to the type checker; this is the TypedChoiceField above.
+        cast(forms.TypedChoiceField, self.fields["base_output"]).choices = [
             (output.pk, output.model or f"output {output.position + 1}") for output in outputs
         ]
         for question in questions:
@@ -170,8 +171,11 @@ class QueueCreateForm(forms.Form):
 
     def __init__(self, data: Any = None, *, batches: QuerySet[Batch], **kwargs: Any) -> None:
         super().__init__(data, **kwargs)
-        self.fields["batches"].queryset = batches  # type: ignore[attr-defined]
-        self.fields["schema"].queryset = ConquestSchema.objects.order_by("key", "-id")  # type: ignore[attr-defined]
+        # self.fields holds plain Fields to the type checker; these are the ModelChoiceFields above.
+        batches_field = cast("forms.ModelMultipleChoiceField[Batch]", self.fields["batches"])
+        batches_field.queryset = batches
+        schema_field = cast("forms.ModelChoiceField[ConquestSchema]", self.fields["schema"])
+        schema_field.queryset = ConquestSchema.objects.order_by("key", "-id")
 
 
 class SchemaImportForm(forms.Form):

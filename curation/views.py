@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -32,6 +32,7 @@ from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, push_url
+from django_htmx.middleware import HtmxDetails
 
 from batches.models import Batch
 from curation import exports, services
@@ -90,8 +91,14 @@ def _user(request: HttpRequest) -> User:
     return user
 
 
+class HtmxHttpRequest(HttpRequest):
+    """A request as HtmxMiddleware leaves it, for the type checker (django-htmx's recipe)."""
+
+    htmx: HtmxDetails
+
+
 def _is_partial(request: HttpRequest) -> bool:
-    htmx = request.htmx  # type: ignore[attr-defined]
+    htmx = cast(HtmxHttpRequest, request).htmx
     return bool(htmx) and not htmx.history_restore_request
 
 
@@ -155,6 +162,7 @@ def queue_list(request: HttpRequest) -> HttpResponse:
         .order_by()
     )
     for queue in queues:
+        # Figures for the template, set on the instances: the model declares no such fields.
         queue.mine = mine.get(queue.pk, 0)  # type: ignore[attr-defined]
         queue.percent = round(100 * queue.complete / queue.total) if queue.total else 0  # type: ignore[attr-defined]
         queue.my_percent = round(100 * queue.mine / queue.total) if queue.total else 0  # type: ignore[attr-defined]
@@ -171,6 +179,8 @@ def _table_context(
     items = filters.apply(queue.items.all(), user=user).order_by("position")
     page = Paginator(items, ITEMS_PER_PAGE).get_page(page_number)
     rows = list(
+        # The stubs type object_list as any sliceable iterable; here it is the QuerySet[Item] above.
+        # Rows stay untyped, as the template-only attributes set on them below are undeclared.
         page.object_list.prefetch_related(  # type: ignore[attr-defined]
             Prefetch(
                 "responses",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,31 @@ from django.utils import timezone
 from batches.models import Batch, File
 from batches.services import file_create_generated
 
-REFERENCE_SCHEMAS = (
-    Path(__file__).resolve().parents[3] / "shared" / "reference" / "conquest_schemas"
-)
+
+def _reference_schemas() -> Path:
+    """The real-world schema files, in ``shared/`` beside the checkout.
+
+    ``REFERENCE_DIR`` names another place. A throwaway clone of a local checkout (a CI rehearsal
+    in /tmp) has no ``shared/`` beside it: then the one beside the checkout it was cloned from.
+    """
+    if os.environ.get("REFERENCE_DIR"):
+        return Path(os.environ["REFERENCE_DIR"]) / "conquest_schemas"
+    root = Path(__file__).resolve().parents[2]
+    beside = root.parent / "shared" / "reference" / "conquest_schemas"
+    if beside.is_dir():
+        return beside
+    origin = subprocess.run(
+        ["git", "-C", str(root), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        return Path(origin).resolve().parent / "shared" / "reference" / "conquest_schemas"
+    return beside
+
+
+REFERENCE_SCHEMAS = _reference_schemas()
 EXAMPLE_SCHEMAS = Path(__file__).resolve().parents[2] / "curation" / "example_schemas"
 
 

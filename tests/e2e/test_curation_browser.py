@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
 from io import BytesIO
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import Group, User
 from django.utils import timezone
 
@@ -39,7 +39,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(settings.BASE_DIR) / "static" / "screenshots"
+# The README's screenshots are refreshed by `SCREENSHOTS_DIR=static/screenshots make test`;
+# otherwise they go to a scratch folder, so that a test run leaves the checkout as it was.
+SCREENSHOTS = Path(os.environ.get("SCREENSHOTS_DIR") or Path(tempfile.gettempdir()) / "screenshots")
 PASSWORD = "reviewer-password-1"
 
 pytestmark = [
