@@ -28,12 +28,12 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/python manage.py demo_setup --model-dir $(MODEL_DIR)
+	$(BIN)/python manage.py demo_setup --model-dir $(MODEL_DIR) --url http://$(HOST):$(PORT)
 	@echo "Starting the web server on http://$(HOST):$(PORT)/ and the CPU and GPU workers (Ctrl-C stops all)."
 	trap 'kill 0' EXIT INT TERM; \
 	  Q_CLUSTER_NAME=cpu $(BIN)/python manage.py qcluster & \
 	  Q_CLUSTER_NAME=gpu $(BIN)/python manage.py qcluster & \
-	  $(BIN)/python manage.py runserver --noreload $(HOST):$(PORT) & \
+	  WEB_BIND=$(HOST):$(PORT) $(BIN)/gunicorn -c batchsite/gunicorn.py batchsite.wsgi & \
 	  wait
 
 test: install
