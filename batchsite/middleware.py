@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import BadRequest
+from django.http import Http404, HttpRequest, HttpResponse
 
 from batchsite.logging import log_context_clear, request_id_var
 from batchsite.metrics import route_label
@@ -90,3 +91,27 @@ def access_log(request: HttpRequest, response: HttpResponse, started: float) -> 
 def request_context_clear(sender: Any, **kwargs: Any) -> None:
     """request_finished receiver: the thread's next request or task starts without old ids."""
     log_context_clear()
+
+
+class NulBytesMiddleware:
+    """Pages (operator, curation, admin) refuse NUL characters in their path and query.
+
+    No stored id or name holds one, and PostgreSQL cannot even compare text with one: the lookup
+    would fail as a 500. So such a path is not found and such a query is a bad request. The /v1
+    routes refuse them in OpenAI's envelope, after the key check (batches.api.views). Forms check
+    their own fields (Django's CharField refuses NUL).
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path_info.startswith("/v1/"):
+            if "\x00" in request.path_info:
+                raise Http404("No such page.")
+            if any(
+                "\x00" in name or any("\x00" in value for value in values)
+                for name, values in request.GET.lists()
+            ):
+                raise BadRequest("Null characters are not allowed in the query.")
+        return self.get_response(request)

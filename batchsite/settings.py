@@ -73,6 +73,7 @@ MIDDLEWARE = [
     # First: every later line of every request is logged with its id, and timed.
     "batchsite.middleware.RequestIdMiddleware",
     "batchsite.metrics.MetricsMiddleware",
+    "batchsite.middleware.NulBytesMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

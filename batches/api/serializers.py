@@ -315,6 +315,13 @@ class MetadataField(serializers.Field[dict[str, str] | None, Any, Any, Any]):
                     param=f"metadata.{key}",
                     code="invalid_type",
                 )
+            if "\x00" in key or "\x00" in value:
+                # PostgreSQL's jsonb cannot hold one: refused here rather than a 500 on save.
+                raise InvalidRequestError(
+                    "Invalid 'metadata': null characters are not allowed in keys or values.",
+                    param="metadata",
+                    code="invalid_value",
+                )
             if len(value) > METADATA_MAX_VALUE_LENGTH:
                 raise InvalidRequestError(
                     f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from batches import services
-from batches.api.errors import NotFoundError
+from batches.api.errors import InvalidRequestError, NotFoundError
 from batches.api.lookups import CompiledLookup
 from batches.api.pagination import OpenAICursorPagination
 from batches.api.serializers import (
@@ -73,8 +73,34 @@ class DownloadRenderer(renderers.BaseRenderer):
         return json.dumps(data).encode()
 
 
-class OwnedViewSet(viewsets.GenericViewSet[Any]):
+# A path segment of an id: no stored id holds a NUL character, and PostgreSQL cannot even compare
+# text with one. A path with one matches no route and gets UnknownRouteView's 404.
+ID_PATTERN = r"[^/.\x00]+"
+
+
+class NulFreeQueryView(APIView):
+    """Refuses a query parameter that holds a NUL character, before it reaches a query.
+
+    PostgreSQL text cannot hold one: the lookup would fail as a 500. The key is checked first,
+    as on every route.
+    """
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        for name, values in request.query_params.lists():
+            if "\x00" in name or any("\x00" in value for value in values):
+                shown = name.replace("\x00", "\\u0000")
+                raise InvalidRequestError(
+                    f"Invalid value for '{shown}': null characters are not allowed.",
+                    param=shown,
+                    code="invalid_value",
+                )
+
+
+class OwnedViewSet(NulFreeQueryView, viewsets.GenericViewSet[Any]):
     """Looks objects up among the caller's own only: another owner's id is simply not found."""
+
+    lookup_value_regex = ID_PATTERN
 
     # OpenAI's 404 for this kind of object; {id} is the id from the path.
     not_found_message = "No such object: {id}"
@@ -260,7 +286,7 @@ class BatchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnedViewSe
         return Response(BatchObjectSerializer(batch).data)
 
 
-class ModelListView(APIView):
+class ModelListView(NulFreeQueryView):
     """The registered models (the same for every key). Not paginated, as at OpenAI."""
 
     @extend_schema(operation_id="listModels", responses={200: ModelListSerializer, **UNAUTHORIZED})
@@ -274,8 +300,8 @@ class ModelViewSet(OwnedViewSet):
     lookup_url_kwarg = "model"
     not_found_message = "The model '{id}' does not exist or you do not have access to it."
     not_found_code = "model_not_found"
-    # Hub ids contain a slash: "org/name".
-    lookup_value_regex = "[^/]+(?:/[^/]+)*"
+    # Hub ids contain a slash: "org/name"; names hold no NUL (ID_PATTERN).
+    lookup_value_regex = r"[^/\x00]+(?:/[^/\x00]+)*"
 
     def get_queryset(self) -> QuerySet[RegisteredModel]:
         return RegisteredModel.objects.enabled()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.parsers import JSONParser
@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from batches import webhooks
 from batches.api.errors import NotFoundError
 from batches.api.pagination import OpenAICursorPagination
-from batches.api.views import BAD_REQUEST, NOT_FOUND
+from batches.api.views import BAD_REQUEST, ID_PATTERN, NOT_FOUND, NulFreeQueryView
 from batches.models import WebhookEndpoint, WebhookEventType, unix
 
 
@@ -79,7 +79,7 @@ class WebhookEndpointDeletedSerializer(serializers.Serializer[Any]):
     deleted = serializers.BooleanField()
 
 
-class WebhookEndpointViewSet(viewsets.GenericViewSet[WebhookEndpoint]):
+class WebhookEndpointViewSet(NulFreeQueryView, viewsets.GenericViewSet[WebhookEndpoint]):
     serializer_class = WebhookEndpointSerializer
     pagination_class = OpenAICursorPagination
     parser_classes = [JSONParser]
@@ -168,13 +168,13 @@ urlpatterns = [
         WebhookEndpointViewSet.as_view({"get": "list", "post": "create"}),
         name="webhook-endpoint-list",
     ),
-    path(
-        "webhook_endpoints/<str:webhook_endpoint_id>",
+    re_path(
+        rf"^webhook_endpoints/(?P<webhook_endpoint_id>{ID_PATTERN})$",
         WebhookEndpointViewSet.as_view({"get": "retrieve", "post": "update", "delete": "destroy"}),
         name="webhook-endpoint-detail",
     ),
-    path(
-        "webhook_endpoints/<str:webhook_endpoint_id>/rotate_secret",
+    re_path(
+        rf"^webhook_endpoints/(?P<webhook_endpoint_id>{ID_PATTERN})/rotate_secret$",
         WebhookEndpointViewSet.as_view({"post": "rotate_secret"}),
         name="webhook-endpoint-rotate-secret",
     ),
