@@ -12,7 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, renderers, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,6 +21,7 @@ from batches import services
 from batches.api.errors import InvalidRequestError, NotFoundError
 from batches.api.lookups import CompiledLookup
 from batches.api.pagination import OpenAICursorPagination
+from batches.api.parsers import UnicodeJSONParser
 from batches.api.serializers import (
     BatchCreateSerializer,
     BatchObjectSerializer,
@@ -222,7 +223,7 @@ class BatchViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OwnedViewSe
     pagination_class = OpenAICursorPagination
     lookup_url_kwarg = "batch_id"
     not_found_message = "No batch found with id '{id}'."
-    parser_classes = [JSONParser]
+    parser_classes = [UnicodeJSONParser]
     throttle_classes = [BatchCreateRateThrottle]
     default_limit = 20
     max_limit = 100

@@ -14,13 +14,13 @@ from django.db.models import QuerySet
 from django.urls import path, re_path
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, viewsets
-from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from batches import webhooks
 from batches.api.errors import NotFoundError
 from batches.api.pagination import OpenAICursorPagination
+from batches.api.parsers import UnicodeJSONParser
 from batches.api.views import BAD_REQUEST, ID_PATTERN, NOT_FOUND, NulFreeQueryView
 from batches.models import WebhookEndpoint, WebhookEventType, unix
 
@@ -82,7 +82,7 @@ class WebhookEndpointDeletedSerializer(serializers.Serializer[Any]):
 class WebhookEndpointViewSet(NulFreeQueryView, viewsets.GenericViewSet[WebhookEndpoint]):
     serializer_class = WebhookEndpointSerializer
     pagination_class = OpenAICursorPagination
-    parser_classes = [JSONParser]
+    parser_classes = [UnicodeJSONParser]
     default_limit = 20
     max_limit = 100
 

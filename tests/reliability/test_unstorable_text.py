@@ -1,8 +1,10 @@
-"""NUL characters in paths, queries and metadata: a clear 4xx everywhere, never a 500.
+"""Text that cannot be stored or sent: a clear 4xx everywhere, never a 500.
 
-PostgreSQL text cannot hold a NUL character: a lookup or a save with one fails in the database
-(SQLite takes it). The fuzzer found ids with one in the path answering 500 on PostgreSQL only.
-These run on both, and must answer alike.
+- NUL characters in paths, queries and metadata. PostgreSQL text cannot hold one: a lookup or a
+  save with one fails in the database (SQLite takes it). The fuzzer found ids with one in the
+  path answering 500 on PostgreSQL only. These run on both, and must answer alike.
+- Lone surrogates in JSON bodies (``"\\ud800"``): valid JSON, but no UTF-8 text can hold them,
+  and a response that showed one failed to encode.
 """
 
 from __future__ import annotations
@@ -127,3 +129,39 @@ def test_pages_without_one_are_untouched(staff: User) -> None:
     client.force_login(staff)
 
     assert client.get("/operator/history?model=tiny-chat").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/batches", '{"input_file_id": "file-a", "endpoint": "/v1/chat/completions\\ud800"}'),
+        ("/v1/batches", '{"input_file_id": "file-a", "metadata": {"k": "\\udfff"}}'),
+        ("/v1/batches", '{"input_file_id": "file-a", "metadata": {"\\ud800": "v"}}'),
+        ("/v1/webhook_endpoints", '{"url": "https://example.com/", "name": "\\ud800"}'),
+    ],
+)
+def test_a_json_body_with_a_lone_surrogate_is_refused_as_unparseable(
+    api: APIClient, path: str, body: str
+) -> None:
+    response = api.post(path, data=body, content_type="application/json")
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("We could not parse the JSON body of your request")
+    assert "lone surrogate" in error["message"]
+    assert not Batch.objects.exists()
+
+
+def test_a_surrogate_pair_is_ordinary_text(api: APIClient, registered_model: Any) -> None:
+    file_id = upload(api, jsonl([chat_line("a")]))["id"]
+    # \ud83d\ude00 is one character, U+1F600, as JSON spells it outside the BMP.
+    body = (
+        f'{{"input_file_id": "{file_id}", "endpoint": "/v1/chat/completions", '
+        '"completion_window": "24h", "metadata": {"mood": "\\ud83d\\ude00"}}'
+    )
+
+    response = api.post("/v1/batches", data=body, content_type="application/json")
+
+    assert response.status_code == 200, response.content
+    assert response.json()["metadata"] == {"mood": "\U0001f600"}
