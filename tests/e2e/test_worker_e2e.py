@@ -181,14 +181,7 @@ def test_worker_metrics_move_and_every_process_logs_the_ids_of_the_request_and_b
     chunks = f'batchserver_chunk_duration_seconds_count{{model="{MODEL}"}}'
     before = scrape(live_server)
     lines = [request_line(f"m-{i}", max_tokens=3, seed=i) for i in range(150)]
-    data = "\n".join(json.dumps(line) for line in lines).encode()
-    upload = client.files.create(file=("input.jsonl", io.BytesIO(data)), purpose="batch")
-    batch_id = client.batches.create(
-        input_file_id=upload.id,
-        endpoint="/v1/chat/completions",
-        completion_window="24h",
-        extra_headers={"X-Request-ID": "trace-e2e-metrics"},
-    ).id
+    batch_id = submit(client, lines, extra_headers={"X-Request-ID": "trace-e2e-metrics"})
 
     batch = wait_terminal(client, batch_id, clusters)
 
